@@ -1,0 +1,12 @@
+"""qtutor: quantizing large language models from scratch.
+
+Layers, bottom to top: ``qtutor.primitives`` (pure tensor functions),
+``qtutor.methods`` (RTN, and the papers' methods), ``qtutor.model`` (loading the
+real model, walking and quantizing its layers), ``qtutor.eval`` and
+``qtutor.data``; Triton kernels in ``qtutor.kernels``; exercise checkers in
+``qtutor.checks``.
+"""
+__version__ = "0.1.0"
+
+from . import primitives  # noqa: F401  (re-exported for notebooks)
+from .primitives import *  # noqa: F401,F403

@@ -1,0 +1,30 @@
+"""Primitives: pure functions over tensors (scales, codes, packing, error)."""
+from .metrics import (
+    bits_per_weight,
+    error_report,
+    max_abs_error,
+    mse,
+    n_qparams,
+    relative_error,
+    sqnr_db,
+)
+from .packing import pack, packed_length, unpack
+from .qparams import QParams, check_float_tensor, choose_qparams, dequantize, fake_quant, quantize
+from .spec import (
+    MAX_BITS,
+    MIN_BITS,
+    Granularity,
+    PerChannel,
+    PerGroup,
+    PerTensor,
+    PerToken,
+    QuantSpec,
+    ZeroPoint,
+)
+
+__all__ = [
+    "MAX_BITS", "MIN_BITS", "Granularity", "PerChannel", "PerGroup", "PerTensor", "PerToken",
+    "QuantSpec", "ZeroPoint", "QParams", "check_float_tensor", "choose_qparams", "quantize",
+    "dequantize", "fake_quant", "pack", "unpack", "packed_length", "mse", "sqnr_db",
+    "max_abs_error", "relative_error", "error_report", "n_qparams", "bits_per_weight",
+]
