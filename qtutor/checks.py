@@ -1,0 +1,122 @@
+"""Exercise checkers: run the learner's function on fixed inputs, compare with qtutor, say what is wrong.
+
+Every checker prints one line ``exact: … | approx: … | max diff: …`` (as in
+Karpathy's nn-zero-to-hero) and raises :class:`CheckFailed` with a diagnosis
+when the answer is wrong.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .primitives import PerChannel, PerGroup, PerTensor, QuantSpec, choose_qparams, fake_quant, quantize
+
+__all__ = ["CheckFailed", "compare", "check_memory_gb", "check_quantize_asym", "check_group_fake_quant"]
+
+
+class CheckFailed(AssertionError):
+    """The learner's answer is wrong; the message says how."""
+
+
+def compare(name: str, got, expected, atol: float = 0.0, rtol: float = 0.0) -> None:
+    """Print exact / approximate / max difference for ``got`` vs ``expected``."""
+    got_t = torch.as_tensor(got, dtype=torch.float64)
+    exp_t = torch.as_tensor(expected, dtype=torch.float64)
+    if got_t.shape != exp_t.shape:
+        raise CheckFailed(f"{name}: shape {tuple(got_t.shape)}, expected {tuple(exp_t.shape)}")
+    exact = bool(torch.equal(got_t, exp_t))
+    approx = bool(torch.allclose(got_t, exp_t, atol=atol, rtol=rtol))
+    diff = float((got_t - exp_t).abs().max()) if got_t.numel() else 0.0
+    print(f"{name:<22} exact: {str(exact):<5} | approx: {str(approx):<5} | max diff: {diff:.3g}")
+
+
+def _ok(msg: str) -> None:
+    print(f"✔ {msg}")
+
+
+# --- 00: memory ----------------------------------------------------------------
+
+def check_memory_gb(fn: Callable[[float, float], float]) -> None:
+    """``fn(n_params, bits_per_weight)`` must return weight memory in GB (10**9 bytes)."""
+    cases = [(7e9, 16), (7e9, 4), (70e9, 8), (180e9, 4.5), (135e6, 32)]
+    for n, b in cases:
+        got, want = float(fn(n, b)), n * b / 8 / 1e9
+        if abs(got - want) <= 1e-9 * want:
+            continue
+        if abs(got - want * 1e9 / 2**30) <= 1e-6 * want:
+            raise CheckFailed(f"fn({n:.3g}, {b}) = {got:.4g}: that is GiB (2**30 bytes); the table uses GB (10**9 bytes)")
+        if abs(got - want * 8) <= 1e-6 * want:
+            raise CheckFailed(f"fn({n:.3g}, {b}) = {got:.4g}: you counted bits, not bytes (divide by 8)")
+        raise CheckFailed(f"fn({n:.3g}, {b}) = {got:.4g}, expected {want:.4g} GB")
+    compare("memory (GB)", [fn(n, b) for n, b in cases], [n * b / 8 / 1e9 for n, b in cases], rtol=1e-9)
+    _ok("memory formula correct")
+
+
+# --- 01: asymmetric scale and zero-point ----------------------------------------
+
+def check_quantize_asym(fn: Callable[[torch.Tensor, int], tuple]) -> None:
+    """``fn(x, n_bits) -> (q, scale, zero_point)``: per-tensor asymmetric, integer zero-point."""
+    gen = torch.Generator().manual_seed(7)
+    inputs = [
+        torch.randn(64, generator=gen) * 2 + 0.5,
+        torch.rand(64, generator=gen) * 3 + 1.0,  # all positive: 0.0 must stay representable
+        -torch.rand(64, generator=gen),  # all negative
+    ]
+    for n_bits in (8, 4):
+        spec = QuantSpec(n_bits=n_bits, symmetric=False)
+        for i, x in enumerate(inputs):
+            q, scale, zp = fn(x.clone(), n_bits)
+            qp = choose_qparams(x, spec)
+            want_q = quantize(x, qp, spec)
+            where = f"input {i} ({n_bits}-bit)"
+            scale = float(scale)
+            if abs(scale - qp.scale.item()) > 1e-6 * qp.scale.item():
+                hint = ""
+                if abs(scale - (x.max() - x.min()).item() / spec.qmax) < 1e-6:
+                    hint = " — the range must include 0.0: use min(x.min(), 0) and max(x.max(), 0)"
+                elif abs(scale - qp.scale.item() * spec.qmax / 2**n_bits) < 1e-6 * qp.scale.item():
+                    hint = f" — divide by 2**n_bits - 1 = {spec.qmax}, the number of steps, not by 2**n_bits"
+                raise CheckFailed(f"{where}: scale {scale:.6g}, expected {qp.scale.item():.6g}{hint}")
+            if int(round(float(zp))) != int(qp.zero_point):
+                raise CheckFailed(
+                    f"{where}: zero_point {zp}, expected {int(qp.zero_point)} — round(-min / scale), an integer code"
+                )
+            q = torch.as_tensor(q)
+            if q.is_floating_point() and not torch.equal(q, q.round()):
+                raise CheckFailed(f"{where}: q holds fractions — round to the nearest integer")
+            if int(q.min()) < 0 or int(q.max()) > spec.qmax:
+                raise CheckFailed(f"{where}: codes span [{int(q.min())}, {int(q.max())}] — clamp to [0, {spec.qmax}]")
+            if not torch.equal(q.long(), want_q.long()):
+                n_bad = int((q.long() != want_q.long()).sum())
+                raise CheckFailed(f"{where}: {n_bad} codes differ from qtutor.quantize")
+        compare(f"codes ({n_bits}-bit)", q.long(), want_q.long())
+    _ok("asymmetric quantization matches qtutor")
+
+
+# --- 02: per-group fake quantization -------------------------------------------------
+
+def check_group_fake_quant(fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> None:
+    """``fn(w, n_bits, group_size) -> w_hat``: symmetric, groups of consecutive inputs in each row."""
+    gen = torch.Generator().manual_seed(11)
+    w = torch.randn(24, 192, generator=gen)
+    w[3, 70] = 12.0  # one outlier: only its own group should suffer
+    for n_bits, gs in ((4, 64), (3, 32), (8, 192)):
+        got = torch.as_tensor(fn(w.clone(), n_bits, gs))
+        want = fake_quant(w, QuantSpec(n_bits=n_bits, granularity=PerGroup(gs)))
+        if got.shape != w.shape:
+            raise CheckFailed(f"w_hat has shape {tuple(got.shape)}: reshape back to {tuple(w.shape)}")
+        if torch.allclose(got, want, atol=1e-6):
+            continue
+        for label, spec in (
+            ("per-tensor", QuantSpec(n_bits=n_bits, granularity=PerTensor())),
+            ("per-channel (one scale per row)", QuantSpec(n_bits=n_bits, granularity=PerChannel(0))),
+            ("groups along the output axis (columns)", QuantSpec(n_bits=n_bits, granularity=PerGroup(gs, axis=0))
+             if w.shape[0] % gs == 0 else None),
+        ):
+            if spec is not None and torch.allclose(got, fake_quant(w, spec), atol=1e-6):
+                raise CheckFailed(f"{n_bits}-bit g{gs}: your result equals {label} quantization — "
+                                  "view w as (rows, n_groups, group_size) and reduce over the last axis")
+        raise CheckFailed(f"{n_bits}-bit g{gs}: max diff {float((got - want).abs().max()):.3g} from qtutor.fake_quant")
+    compare("w_hat (4-bit g64)", fn(w.clone(), 4, 64), fake_quant(w, QuantSpec(n_bits=4, granularity=PerGroup(64))), atol=1e-6)
+    _ok("group-wise fake quantization matches qtutor")

@@ -1,0 +1,42 @@
+"""Notebook set-up shared by every lesson: seeds, threads, quiet logs, plot style."""
+from __future__ import annotations
+
+import os
+import random
+import warnings
+
+import numpy as np
+import torch
+
+__all__ = ["setup_notebook"]
+
+
+def setup_notebook(seed: int = 0, threads: int | None = 2) -> None:
+    """Seed every generator, fix the thread count and silence run-to-run noise.
+
+    A fixed thread count keeps float reductions in the same order, so that the
+    numbers the notebooks print are the same on every run of the same machine
+    kind (nbval compares them in CI).
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    import pandas as pd
+
+    pd.set_option("display.precision", 4)
+    # 4 significant digits: readable next to a perplexity of 10^6, and stable run to run
+    pd.set_option("display.float_format", lambda v: f"{v:.4g}")
+    pd.set_option("display.width", 120)
+    import matplotlib
+
+    matplotlib.rcParams.update({"figure.figsize": (7, 3.5), "figure.dpi": 90, "axes.grid": True})
