@@ -10,10 +10,12 @@ from .loading import (
     load_model,
     model_cache_path,
 )
-from .walk import decoder_linears, fake_quantized, weight_snapshot
+from .capture import UNIQUE_INPUTS, OutlierStats, observe_linear_inputs
+from .walk import decoder_blocks, decoder_linears, fake_quantized, replaced_linears, weight_snapshot
 
 __all__ = [
     "GGUF_NAME", "MODEL_WHEEL", "ModelNotAvailableError", "build_cache", "cache_dir",
     "cache_state", "gguf_source_path", "load_model", "model_cache_path",
-    "decoder_linears", "fake_quantized", "weight_snapshot",
+    "decoder_blocks", "decoder_linears", "fake_quantized", "replaced_linears", "weight_snapshot",
+    "UNIQUE_INPUTS", "OutlierStats", "observe_linear_inputs",
 ]

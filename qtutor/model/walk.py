@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["decoder_blocks", "decoder_linears", "weight_snapshot", "fake_quantized"]
+__all__ = ["decoder_blocks", "decoder_linears", "weight_snapshot", "fake_quantized", "replaced_linears"]
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
@@ -67,3 +67,28 @@ def fake_quantized(
         with torch.no_grad():
             for n, m in linears.items():
                 m.weight.copy_(saved[n])
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)
+
+
+@contextlib.contextmanager
+def replaced_linears(
+    model: nn.Module,
+    make_module: Callable[[str, nn.Linear], nn.Module],
+    only: Callable[[str], bool] | None = None,
+) -> Iterator[nn.Module]:
+    """Temporarily swap each decoder linear for ``make_module(name, linear)`` (e.g. a W8A8Linear).
+
+    The original modules are put back on exit, even after an error.
+    """
+    linears = {n: m for n, m in decoder_linears(model).items() if only is None or only(n)}
+    try:
+        for n, m in linears.items():
+            _set_submodule(model, n, make_module(n, m))
+        yield model
+    finally:
+        for n, m in linears.items():
+            _set_submodule(model, n, m)

@@ -1,0 +1,91 @@
+"""LLM.int8(): vector-wise int8 matmul with a 16-bit path for outlier features.
+
+Dettmers et al., "LLM.int8(): 8-bit Matrix Multiplication for Transformers at
+Scale" (NeurIPS 2022), §3.  For ``X`` (tokens, K) in fp16 and ``W`` (N, K):
+
+1. outlier columns ``O = {k : ∃ t, |X[t, k]| ≥ threshold}`` (6.0 in the paper);
+2. ``X`` without those columns is quantized per row (token), ``W`` per row
+   (output channel), both absmax to [-127, 127];
+3. ``Y = s_x s_wᵀ ⊙ (C_x C_wᵀ) / 127²  +  X[:, O] · dequant(C_w)[:, O]ᵀ`` (fp16).
+
+This follows bitsandbytes' own implementation step by step
+(``int8_vectorwise_quant``, ``int8_mm_dequant``, ``int8_mixed_scaled_mm`` in
+bitsandbytes 0.50), so that :class:`Int8LinearLt` returns what
+``bitsandbytes.nn.Linear8bitLt(has_fp16_weights=False, threshold=6.0)`` returns.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..kernels.w8a8 import int8_matmul
+
+__all__ = ["vectorwise_quant", "outlier_columns", "llm_int8_matmul", "Int8LinearLt"]
+
+_INV_127 = 7.874015718698502e-3  # bitsandbytes' constants, kept to match it bit for bit
+_INV_127_SQ = 6.200124e-05
+
+
+def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Indices of the columns of ``x`` (tokens, K) holding any ``|x| ≥ threshold``."""
+    return torch.argwhere((x.abs() >= threshold).any(dim=0)).view(-1)
+
+
+def vectorwise_quant(x: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row-wise absmax int8 of ``x`` (rows, K) fp16, outliers excluded.
+
+    Returns codes (rows, K) int8 with outlier columns zeroed, row absmax (rows,)
+    float32, and the outlier column indices.
+    """
+    if x.dtype != torch.float16:
+        raise ValueError(f"x has dtype {x.dtype}: LLM.int8() quantizes float16 inputs")
+    cols = torch.empty(0, dtype=torch.long, device=x.device)
+    a = x
+    if threshold > 0.0:
+        outliers = x.abs() >= threshold
+        if outliers.any():
+            cols = torch.argwhere(outliers.any(dim=0)).view(-1)
+            a = x.masked_fill(outliers, 0)  # outliers must not set the row's scale
+    row_stats = a.abs().max(dim=1).values.float()
+    codes = torch.round(a * (127.0 / row_stats.unsqueeze(-1))).to(torch.int8)
+    if x.shape[0] > 1 and cols.numel():
+        codes[:, cols] = 0
+    return codes, row_stats, cols
+
+
+def llm_int8_matmul(
+    x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0, use_triton: bool = False
+) -> torch.Tensor:
+    """``x`` (tokens, K) fp16 times int8 weight ``CB`` (N, K) with row absmax ``SCB`` (N,); fp16 (tokens, N)."""
+    if CB.dtype != torch.int8 or CB.ndim != 2 or CB.shape[1] != x.shape[-1]:
+        raise ValueError(f"CB must be int8 (N, {x.shape[-1]}), got {CB.dtype} {tuple(CB.shape)}")
+    CA, SCA, cols = vectorwise_quant(x, threshold)
+    if use_triton:
+        out = int8_matmul(CA, CB, SCA * _INV_127, SCB * _INV_127, out_dtype=torch.float16)
+    else:
+        acc = torch._int_mm(CA, CB.t()) if not x.is_cuda else CA.int() @ CB.int().t()
+        out = (acc * (SCA.unsqueeze(-1) * SCB.unsqueeze(0)) * _INV_127_SQ).to(torch.float16)
+    if cols.numel():
+        sub_w = (CB[:, cols].contiguous() * SCB.view(-1, 1) * _INV_127).to(torch.float16).t()  # (|O|, N)
+        out = out.addmm(x[:, cols].contiguous(), sub_w)
+    return out
+
+
+class Int8LinearLt(nn.Module):
+    """Inference-only LLM.int8() linear layer (weights int8 per output row)."""
+
+    def __init__(self, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0, bias=None, use_triton=False):
+        super().__init__()
+        self.register_buffer("CB", CB)
+        self.register_buffer("SCB", SCB)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().half(), requires_grad=False)
+        self.threshold, self.use_triton = threshold, use_triton
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, threshold: float = 6.0, use_triton: bool = False) -> "Int8LinearLt":
+        CB, SCB, _ = vectorwise_quant(linear.weight.detach().half())
+        return cls(CB, SCB, threshold, linear.bias, use_triton)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = llm_int8_matmul(x.reshape(-1, x.shape[-1]).half(), self.CB, self.SCB, self.threshold, self.use_triton)
+        return (y if self.bias is None else y + self.bias).reshape(*x.shape[:-1], -1).to(x.dtype)

@@ -1,0 +1,96 @@
+"""W8A8: int8 weights (per output channel) and int8 activations (static per tensor or dynamic per token).
+
+Two phases, as everywhere in qtutor: :func:`quantize_weight_int8` produces the
+quantized state, :class:`W8A8Linear` runs it.  On a GPU the matmul runs in the
+Triton kernel of :mod:`qtutor.kernels.w8a8`; on a CPU it uses the same integer
+arithmetic through ``torch._int_mm``.
+
+Asymmetric activations need a correction term.  With ``x = s_x (q_x − z_x)``
+and ``w = s_w q_w``::
+
+    y = s_x s_w (q_x q_wᵀ − z_x Σ_k q_w[n, k])
+
+— the cross term ``z_x · rowsum(q_w)`` is computed once per weight
+(:func:`int8_matmul_asym_ref`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..kernels.w8a8 import quantize_per_token_ref, w8a8_dynamic
+
+__all__ = [
+    "ActQuant",
+    "quantize_weight_int8",
+    "int8_matmul_asym_ref",
+    "w8a8_linear",
+    "W8A8Linear",
+]
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """How activations are quantized: ``static_scale=None`` for dynamic per-token scales."""
+
+    static_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.static_scale is not None and not self.static_scale > 0:
+            raise ValueError(f"static_scale={self.static_scale}: must be positive (or None for dynamic)")
+
+
+def quantize_weight_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``w`` (N, K) float -> codes (N, K) int8 and per-output-channel scales (N,) float32."""
+    return quantize_per_token_ref(w)  # per row of w = per output channel: the same arithmetic
+
+
+def int8_matmul_asym_ref(
+    q_x: torch.Tensor, z_x: torch.Tensor, s_x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor
+) -> torch.Tensor:
+    """Asymmetric uint8 activations (M, K) with zero-points (M,), symmetric int8 weights (N, K)."""
+    acc = q_x.to(torch.int64) @ q_w.to(torch.int64).T  # (M, N)
+    cross = z_x.to(torch.int64)[:, None] * q_w.to(torch.int64).sum(1)[None, :]  # (M, N)
+    return (acc - cross).float() * s_x.float()[:, None] * s_w.float()[None, :]
+
+
+def _int_mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    """Exact int8 × int8 → int32 on the CPU."""
+    return torch._int_mm(a, b_t)
+
+
+def w8a8_linear(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, act: ActQuant) -> torch.Tensor:
+    """``x`` (..., K) float through the int8 weight; output (..., N) in ``x.dtype``."""
+    x2 = x.reshape(-1, x.shape[-1])  # (tokens, K)
+    if x.is_cuda and act.static_scale is None:
+        return w8a8_dynamic(x2.contiguous(), q_w, s_w).reshape(*x.shape[:-1], -1)
+    if act.static_scale is None:
+        q_x, s_x = quantize_per_token_ref(x2)
+    else:
+        s = torch.full((x2.shape[0],), act.static_scale, dtype=torch.float32, device=x.device)
+        q_x = torch.round(x2.float() / act.static_scale).clamp(-127, 127).to(torch.int8)
+        s_x = s
+    acc = _int_mm(q_x, q_w.T) if not x.is_cuda else (q_x.int() @ q_w.int().T)
+    y = acc.float() * s_x[:, None] * s_w[None, :]
+    return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+class W8A8Linear(nn.Module):
+    """A linear layer holding int8 weights; activations quantized as ``act`` says."""
+
+    def __init__(self, q_weight: torch.Tensor, w_scale: torch.Tensor, act: ActQuant, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("q_weight", q_weight)
+        self.register_buffer("w_scale", w_scale)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.act = act
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, act: ActQuant = ActQuant()) -> "W8A8Linear":
+        q, s = quantize_weight_int8(linear.weight.detach())
+        return cls(q, s, act, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return w8a8_linear(x, self.q_weight, self.w_scale, self.act) + (0 if self.bias is None else self.bias)

@@ -1,0 +1,46 @@
+import math
+
+import pytest
+
+from qtutor.eval import EvalConfig, eval_windows, logit_agreement, perplexity, reference_logits
+from qtutor.model import fake_quantized
+from qtutor.primitives import PerTensor, QuantSpec, fake_quant
+
+TINY = EvalConfig(ctx=128, n_windows=2)
+
+
+def test_windows_do_not_overlap(smollm2):
+    _, tok = smollm2
+    w = eval_windows(tok, EvalConfig(ctx=64, n_windows=3))
+    assert w.shape == (3, 64)
+    full = eval_windows(tok, EvalConfig(ctx=64, n_windows=None))
+    assert (w == full[:3]).all()
+
+
+def test_perplexity_float_and_degraded(smollm2):
+    model, tok = smollm2
+    base = perplexity(model, tok, TINY)
+    assert 5 < base < 200 and math.isfinite(base)
+    assert perplexity(model, tok, TINY) == base  # deterministic
+    with fake_quantized(model, lambda w: fake_quant(w, QuantSpec(n_bits=3, granularity=PerTensor()))):
+        assert perplexity(model, tok, TINY) > 2 * base
+
+
+def test_kl_zero_for_same_model_and_positive_after_quantization(smollm2):
+    model, tok = smollm2
+    ref = reference_logits(model, tok, EvalConfig(ctx=64, n_windows=2))
+    same = logit_agreement(model, ref)
+    assert same["kl"] == pytest.approx(0.0, abs=1e-6) and same["top1"] == 1.0
+    with fake_quantized(model, lambda w: fake_quant(w, QuantSpec(n_bits=4))):
+        q = logit_agreement(model, ref)
+    assert q["kl"] > 0.01 and q["top1"] < 1.0
+
+
+def test_bad_config(smollm2):
+    _, tok = smollm2
+    with pytest.raises(ValueError, match="ctx=1"):
+        EvalConfig(ctx=1)
+    with pytest.raises(ValueError, match="n_windows=0"):
+        EvalConfig(n_windows=0)
+    with pytest.raises(ValueError, match="only"):
+        eval_windows(tok, EvalConfig(ctx=512, n_windows=10**6))

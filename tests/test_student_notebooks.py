@@ -1,0 +1,48 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from make_student_notebooks import strip_solutions, student_notebook  # noqa: E402
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_strip_solutions_keeps_indentation():
+    src = "def f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION\n"
+    assert strip_solutions(src) == 'def f(x):\n    raise NotImplementedError("Exercise: write your solution here")\n'
+
+
+def test_unbalanced_markers_rejected():
+    with pytest.raises(ValueError):
+        strip_solutions("### BEGIN SOLUTION\nx = 1\n")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_has_an_exercise_and_a_clean_student_copy(path):
+    nb = json.loads(path.read_text())
+    source = "".join("".join(c["source"]) for c in nb["cells"])
+    assert "### BEGIN SOLUTION" in source and "check_" in source
+    student = student_notebook(nb)
+    code = "".join("".join(c["source"]) for c in student["cells"] if c["cell_type"] == "code")
+    assert "### BEGIN SOLUTION" not in code and "NotImplementedError" in code
+    assert all(not c.get("outputs") for c in student["cells"] if c["cell_type"] == "code")
+
+
+def test_stub_raises_not_implemented():
+    nb = student_notebook(json.loads(NOTEBOOKS[0].read_text()))
+    cell = next(c for c in nb["cells"] if "def model_memory_gb" in "".join(c["source"]))
+    scope: dict = {}
+    exec("".join(cell["source"]), scope)
+    with pytest.raises(NotImplementedError):
+        scope["model_memory_gb"](1e9, 4)
+
+
+def test_script_writes_copies(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_student_notebooks.py"), "--out", str(tmp_path)],
+                   check=True, capture_output=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in NOTEBOOKS]
