@@ -235,13 +235,17 @@ class EntropyObserver(_AbsHistogram):
         for i in range(levels, self.bins + 1):
             p = hist[:i].copy()
             p[i - 1] += hist[i:].sum()  # clipped mass lands in the last bin
-            # Q: merge the first i bins into `levels` chunks; spread each chunk's mass evenly
-            # over its non-empty bins (empty bins stay empty, as in TensorRT)
-            edges = np.linspace(0, i, levels + 1).astype(np.int64)
-            nonempty = hist[:i] > 0
-            sums = np.add.reduceat(hist[:i], edges[:-1])
-            counts = np.add.reduceat(nonempty.astype(np.float64), edges[:-1])
-            q = np.repeat(sums / np.maximum(counts, 1), np.diff(edges)) * nonempty
+            # Q: merge the first i (unclipped) bins into `levels` chunks of i // levels bins, the
+            # remainder joining the last chunk; spread each chunk's mass evenly over the bins
+            # where P is non-zero (as NVIDIA pytorch-quantization's _compute_amax_entropy does)
+            m = i // levels
+            starts = np.arange(levels) * m
+            widths = np.full(levels, m)
+            widths[-1] = i - starts[-1]
+            nonempty = p > 0
+            sums = np.add.reduceat(hist[:i], starts)
+            counts = np.add.reduceat(nonempty.astype(np.float64), starts)
+            q = np.repeat(sums / np.maximum(counts, 1), widths) * nonempty
             mask = p > 0
             if q.sum() == 0 or (q[mask] == 0).any():
                 continue  # KL infinite

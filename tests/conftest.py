@@ -1,3 +1,24 @@
+import os
+import sys
+from pathlib import Path
+
+# Triton kernels run in the interpreter on machines without a GPU; the variable must be
+# set before triton is first imported (bitsandbytes imports it too).
+try:
+    import subprocess
+
+    _has_gpu = subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+except OSError:
+    _has_gpu = False
+if not _has_gpu:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# The repository root must not be importable as a top-level path: its kernels/ folder
+# would shadow the `kernels` package that bitsandbytes looks for (`python -m pytest`
+# puts the working directory on sys.path).
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
+
 import pytest
 import torch
 

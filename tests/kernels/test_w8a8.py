@@ -1,0 +1,88 @@
+"""The W8A8 Triton kernels against their PyTorch references (interpreter on CPU, compiled on GPU)."""
+import pytest
+import torch
+
+from qtutor.kernels.w8a8 import (
+    int8_matmul,
+    int8_matmul_ref,
+    quantize_per_token,
+    quantize_per_token_ref,
+    w8a8_dynamic,
+    w8a8_dynamic_ref,
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPES = [(1, 64, 64), (5, 100, 70), (33, 576, 192), (17, 130, 257)]  # include sizes off the block grid
+# tolerance of the output relative to its max, per output dtype: one rounding of the final cast
+RTOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+
+
+def _ids(shape):
+    return "x".join(map(str, shape))
+
+
+def _rel(a, b):
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_quantize_per_token_exact(shape, dtype):
+    M, K, _ = shape
+    x = (torch.randn(M, K) * 3).to(dtype).to(DEVICE)
+    x[0, 0] = 0.0
+    q, s = quantize_per_token(x)
+    q_ref, s_ref = quantize_per_token_ref(x)
+    assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_int8_matmul(shape, out_dtype):
+    M, K, N = shape
+    q_x = torch.randint(-127, 128, (M, K), dtype=torch.int8, device=DEVICE)
+    q_w = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=DEVICE)
+    # realistic scales (max/127): the output stays within fp16 range
+    s_x, s_w = (torch.rand(M, device=DEVICE) + 0.01) / 127, (torch.rand(N, device=DEVICE) + 0.01) / 127
+    out = int8_matmul(q_x, q_w, s_x, s_w, out_dtype=out_dtype)
+    assert out.dtype == out_dtype and torch.isfinite(out.float()).all()
+    assert _rel(out, int8_matmul_ref(q_x, q_w, s_x, s_w)) <= RTOL[out_dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_w8a8_dynamic_fused(shape, dtype):
+    M, K, N = shape
+    x = (torch.randn(M, K) * 2).to(dtype).to(DEVICE)
+    q_w = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=DEVICE)
+    s_w = torch.rand(N, device=DEVICE) + 0.01
+    out = w8a8_dynamic(x, q_w, s_w)
+    assert out.dtype == dtype
+    assert _rel(out, w8a8_dynamic_ref(x, q_w, s_w)) <= RTOL[dtype]
+
+
+def test_fused_all_zero_row():
+    x = torch.zeros(3, 64, device=DEVICE)
+    x[1] = torch.randn(64)
+    q_w = torch.randint(-127, 128, (16, 64), dtype=torch.int8, device=DEVICE)
+    out = w8a8_dynamic(x, q_w, torch.ones(16, device=DEVICE))
+    assert torch.isfinite(out).all() and out[0].abs().max() == 0
+
+
+def test_bad_inputs():
+    x = torch.randn(4, 64, device=DEVICE)
+    q_w = torch.randint(-127, 128, (8, 64), dtype=torch.int8, device=DEVICE)
+    s_w = torch.ones(8, device=DEVICE)
+    with pytest.raises(ValueError, match="dtype torch.int32"):
+        w8a8_dynamic(x.int(), q_w, s_w)
+    with pytest.raises(ValueError, match="K=32"):
+        w8a8_dynamic(torch.randn(4, 32, device=DEVICE), q_w, s_w)
+    with pytest.raises(ValueError, match="s_w must have shape"):
+        w8a8_dynamic(x, q_w, torch.ones(7, device=DEVICE))
+    with pytest.raises(ValueError, match="q_w must be 2-D int8"):
+        w8a8_dynamic(x, q_w.float(), s_w)
+    with pytest.raises(ValueError, match="contiguous"):
+        quantize_per_token(torch.randn(64, 4, device=DEVICE).T)
+    with pytest.raises(ValueError, match="2-D"):
+        int8_matmul(torch.zeros(2, 2, 64, dtype=torch.int8, device=DEVICE), q_w, torch.ones(2), s_w)
