@@ -12,7 +12,10 @@ import torch
 
 from .primitives import PerChannel, PerGroup, PerTensor, QuantSpec, choose_qparams, fake_quant, quantize
 
-__all__ = ["CheckFailed", "compare", "check_memory_gb", "check_quantize_asym", "check_group_fake_quant"]
+__all__ = [
+    "CheckFailed", "compare", "check_memory_gb", "check_quantize_asym", "check_group_fake_quant",
+    "check_clip_search", "check_outlier_dims", "check_smooth_scales", "check_int8_decomposition",
+]
 
 
 class CheckFailed(AssertionError):
@@ -120,3 +123,107 @@ def check_group_fake_quant(fn: Callable[[torch.Tensor, int, int], torch.Tensor])
         raise CheckFailed(f"{n_bits}-bit g{gs}: max diff {float((got - want).abs().max()):.3g} from qtutor.fake_quant")
     compare("w_hat (4-bit g64)", fn(w.clone(), 4, 64), fake_quant(w, QuantSpec(n_bits=4, granularity=PerGroup(64))), atol=1e-6)
     _ok("group-wise fake quantization matches qtutor")
+
+
+# --- 03: clipping search -----------------------------------------------------------
+
+def check_clip_search(fn: Callable[[torch.Tensor, int, list], float]) -> None:
+    """``fn(x, n_bits, ratios) -> ratio`` minimising the MSE of symmetric per-tensor fake quantization."""
+    from .primitives import mse
+
+    gen = torch.Generator().manual_seed(3)
+    ratios = [round(0.3 + 0.05 * i, 2) for i in range(15)]
+    for n_bits, x in ((4, torch.randn(4096, generator=gen)), (8, torch.randn(4096, generator=gen) ** 3),
+                      (3, torch.distributions.Laplace(0.0, 1.0).sample((4096,)))):
+        errs = {r: mse(x, fake_quant(x, QuantSpec(n_bits=n_bits, clip_ratio=r))) for r in ratios}
+        want = min(errs, key=errs.get)
+        got = fn(x.clone(), n_bits, list(ratios))
+        if got not in errs:
+            raise CheckFailed(f"{n_bits}-bit: returned {got!r}, which is not one of the candidate ratios")
+        if got != want:
+            worst = max(errs, key=errs.get)
+            hint = " — that is the ratio with the LARGEST error" if got == worst else ""
+            raise CheckFailed(f"{n_bits}-bit: returned ratio {got} (MSE {errs[got]:.4g}); "
+                              f"the best is {want} (MSE {errs[want]:.4g}){hint}")
+    print(f"{'best ratios':<22} exact: True  | approx: True  | max diff: 0")
+    _ok("clipping search matches qtutor")
+
+
+# --- 04: outlier dimensions -----------------------------------------------------------
+
+def check_outlier_dims(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
+    """``fn(x, threshold)``: sorted hidden dims where any token has ``|x| >= threshold``; x is (..., hidden)."""
+    x = torch.zeros(2, 5, 8)
+    x[0, 1, 3] = 6.0       # exactly at the threshold: counts (LLM.int8() uses >=)
+    x[1, 4, 6] = -9.0      # negative outliers count
+    x[0, 0, 1] = 5.99
+    want = [3, 6]
+    got = torch.as_tensor(fn(x.clone(), 6.0)).flatten().tolist()
+    if got == [6]:
+        raise CheckFailed("dim 3 holds exactly 6.0: LLM.int8() counts |x| >= threshold, not >")
+    if got == [3]:
+        raise CheckFailed("dim 6 holds -9.0: compare |x|, not x")
+    if sorted(got) == want and got != want:
+        raise CheckFailed("return the dims sorted in increasing order")
+    if got != want:
+        raise CheckFailed(f"got {got}, expected {want} (x has shape (batch, seq, hidden): reduce over all but the last axis)")
+    compare("outlier dims", got, want)
+    _ok("outlier dimensions match")
+
+
+# --- 05: SmoothQuant scales -----------------------------------------------------------------
+
+def check_smooth_scales(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> None:
+    """``fn(act_absmax (K,), w (N, K), alpha) -> s (K,)``, SmoothQuant eq. 4."""
+    from .methods.smoothquant import smoothing_scales
+
+    gen = torch.Generator().manual_seed(5)
+    act = torch.rand(32, generator=gen) * 10 + 0.1
+    w = torch.randn(16, 32, generator=gen)
+    for alpha in (0.5, 0.8, 0.25):
+        got = torch.as_tensor(fn(act.clone(), w.clone(), alpha))
+        want = smoothing_scales(act, [w], alpha)
+        if got.shape != want.shape:
+            raise CheckFailed(f"s has shape {tuple(got.shape)}: one scale per input channel, shape {tuple(want.shape)}")
+        if torch.allclose(got, want, rtol=1e-5):
+            continue
+        if torch.allclose(got, smoothing_scales(act, [w], 1 - alpha), rtol=1e-5):
+            raise CheckFailed(f"alpha={alpha}: exponents swapped — max|X|^alpha / max|W|^(1-alpha)")
+        w_max = w.amax(0).clamp(min=1e-5)
+        if torch.allclose(got, act.pow(alpha) / w_max.pow(1 - alpha), rtol=1e-5):
+            raise CheckFailed("use max |W| over the output dimension (abs before max)")
+        if torch.allclose(got, act.pow(alpha) / w.abs().amax(1).mean().pow(1 - alpha), rtol=1e-5):
+            raise CheckFailed("reduce W over its output axis (dim 0): one value per input channel")
+        raise CheckFailed(f"alpha={alpha}: max diff {float((got - want).abs().max()):.3g} from qtutor's smoothing_scales")
+    compare("scales (alpha=0.5)", fn(act.clone(), w.clone(), 0.5), smoothing_scales(act, [w], 0.5), rtol=1e-5)
+    _ok("SmoothQuant scales match qtutor")
+
+
+# --- 06: LLM.int8() decomposition ---------------------------------------------------------------
+
+def check_int8_decomposition(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> None:
+    """``fn(x (T, K) fp16, w (N, K) fp16, threshold) -> y (T, N)``, the mixed-precision decomposition."""
+    from .methods.llm_int8 import llm_int8_matmul, vectorwise_quant
+
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(12, 64, generator=gen).half()
+    x[:, 5] *= 12  # an outlier feature
+    x[3, 40] = -7.5
+    w = (torch.randn(24, 64, generator=gen) * 0.1).half()
+    CB, SCB, _ = vectorwise_quant(w)
+    want = llm_int8_matmul(x, CB, SCB, 6.0).float()
+    got = torch.as_tensor(fn(x.clone(), w.clone(), 6.0)).float()
+    if got.shape != want.shape:
+        raise CheckFailed(f"y has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    tol = 0.003 * float(want.abs().max())  # fp16 rounding, not int8 error, may differ
+    err = float((got - want).abs().max())
+    if err > tol:
+        no_outliers = llm_int8_matmul(x, CB, SCB, 0.0).float()
+        if float((got - no_outliers).abs().max()) <= tol:
+            raise CheckFailed("your result ignores the outlier columns: they must go through the 16-bit path")
+        exact = (x.float() @ w.float().T)
+        if float((got - exact).abs().max()) <= 1e-2:
+            raise CheckFailed("your result equals the fp16 product: the non-outlier part must be quantized to int8")
+        raise CheckFailed(f"max diff {err:.3g} from qtutor's llm_int8_matmul (tolerance {tol:.3g})")
+    compare("y", got, want, atol=tol)
+    _ok("LLM.int8() decomposition matches qtutor (within 0.3 % of max |y|)")

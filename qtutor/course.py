@@ -30,6 +30,10 @@ def setup_notebook(seed: int = 0, threads: int | None = 2) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    # bitsandbytes logs a machine-dependent warning at import on some CPUs (an optional hub kernel)
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     hf_logging.disable_progress_bar()
     import pandas as pd
 

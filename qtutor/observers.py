@@ -34,6 +34,7 @@ __all__ = [
     "PercentileObserver",
     "MSEObserver",
     "EntropyObserver",
+    "ObserverGroup",
 ]
 
 
@@ -254,3 +255,19 @@ class EntropyObserver(_AbsHistogram):
             if kl < best_kl:
                 best_kl, best_i = kl, i
         return torch.tensor([(best_i + 0.5) * self.bin_width], dtype=torch.float64)
+
+
+class ObserverGroup:
+    """Several observers fed the same batches, e.g. to compare them in one calibration pass."""
+
+    def __init__(self, observers: dict[str, Observer]) -> None:
+        if not observers:
+            raise ValueError("ObserverGroup needs at least one observer")
+        self.observers = observers
+
+    def observe(self, x: torch.Tensor) -> None:
+        for obs in self.observers.values():
+            obs.observe(x)
+
+    def __getitem__(self, key: str) -> Observer:
+        return self.observers[key]

@@ -45,3 +45,61 @@ def test_group_right_and_wrong():
         check_group_fake_quant(lambda w, b, g: w.flatten())
     with pytest.raises(CheckFailed, match="max diff"):
         check_group_fake_quant(lambda w, b, g: w)
+
+
+def _clip_right(x, n_bits, ratios):
+    from qtutor.primitives import mse
+
+    return min(ratios, key=lambda r: mse(x, fake_quant(x, QuantSpec(n_bits=n_bits, clip_ratio=r))))
+
+
+def test_clip_search_right_and_wrong():
+    from qtutor.checks import check_clip_search
+    from qtutor.primitives import mse
+
+    check_clip_search(_clip_right)
+    with pytest.raises(CheckFailed, match="LARGEST"):
+        check_clip_search(lambda x, b, rs: max(rs, key=lambda r: mse(x, fake_quant(x, QuantSpec(n_bits=b, clip_ratio=r)))))
+    with pytest.raises(CheckFailed, match="not one of the candidate"):
+        check_clip_search(lambda x, b, rs: 0.123)
+    with pytest.raises(CheckFailed, match="the best is"):
+        check_clip_search(lambda x, b, rs: 1.0)
+
+
+def test_outlier_dims_right_and_wrong():
+    from qtutor.checks import check_outlier_dims
+
+    check_outlier_dims(lambda x, t: (x.abs() >= t).reshape(-1, x.shape[-1]).any(0).nonzero().flatten())
+    with pytest.raises(CheckFailed, match="not >"):
+        check_outlier_dims(lambda x, t: (x.abs() > t).reshape(-1, x.shape[-1]).any(0).nonzero().flatten())
+    with pytest.raises(CheckFailed, match=r"\|x\|"):
+        check_outlier_dims(lambda x, t: (x >= t).reshape(-1, x.shape[-1]).any(0).nonzero().flatten())
+    with pytest.raises(CheckFailed, match="reduce over"):
+        check_outlier_dims(lambda x, t: (x.abs() >= t).any(-1).nonzero().flatten())
+
+
+def test_smooth_scales_right_and_wrong():
+    from qtutor.checks import check_smooth_scales
+
+    check_smooth_scales(lambda a, w, al: (a.pow(al) / w.abs().amax(0).clamp(min=1e-5).pow(1 - al)).clamp(min=1e-5))
+    with pytest.raises(CheckFailed, match="swapped"):
+        check_smooth_scales(lambda a, w, al: (a.pow(1 - al) / w.abs().amax(0).pow(al)))
+    with pytest.raises(CheckFailed, match="abs before max"):
+        check_smooth_scales(lambda a, w, al: a.pow(al) / w.amax(0).clamp(min=1e-5).pow(1 - al))
+    with pytest.raises(CheckFailed, match="shape"):
+        check_smooth_scales(lambda a, w, al: a.pow(al)[:3])
+
+
+def test_int8_decomposition_right_and_wrong():
+    from qtutor.checks import check_int8_decomposition
+    from qtutor.methods.llm_int8 import llm_int8_matmul, vectorwise_quant
+
+    def right(x, w, t):
+        CB, SCB, _ = vectorwise_quant(w)
+        return llm_int8_matmul(x, CB, SCB, t)
+
+    check_int8_decomposition(right)
+    with pytest.raises(CheckFailed, match="ignores the outlier"):
+        check_int8_decomposition(lambda x, w, t: right(x, w, 0.0))
+    with pytest.raises(CheckFailed, match="fp16 product"):
+        check_int8_decomposition(lambda x, w, t: x.float() @ w.float().T)

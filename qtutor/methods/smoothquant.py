@@ -49,7 +49,8 @@ def smooth_model_(model: nn.Module, act_absmax: dict[str, torch.Tensor], alpha: 
         model: a Llama-family causal LM.
         act_absmax: per-channel ``max|X|`` of the inputs of ``model.layers.{i}.self_attn.q_proj``
             and ``model.layers.{i}.mlp.gate_proj`` (e.g. ``OutlierStats.absmax``).
-        alpha: migration strength; 0 leaves activations alone, 1 moves all of their range.
+        alpha: migration strength: 1 moves all of the activations' range into the weights,
+            0 all of the weights' range into the activations.
     """
     for i, block in enumerate(decoder_blocks(model)):
         attn, mlp = block.self_attn, block.mlp

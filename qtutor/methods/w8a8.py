@@ -28,6 +28,7 @@ __all__ = [
     "int8_matmul_asym_ref",
     "w8a8_linear",
     "W8A8Linear",
+    "w8a8_factory",
 ]
 
 
@@ -94,3 +95,20 @@ class W8A8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return w8a8_linear(x, self.q_weight, self.w_scale, self.act) + (0 if self.bias is None else self.bias)
+
+
+def w8a8_factory(static_scales: dict[str, float] | None = None):
+    """``make_module(name, linear)`` for :func:`qtutor.model.replaced_linears`.
+
+    ``static_scales`` maps layer names to calibrated activation scales (static
+    per-tensor); ``None`` gives dynamic per-token scales.
+    """
+
+    def make_module(name: str, linear: nn.Linear) -> W8A8Linear:
+        if static_scales is None:
+            return W8A8Linear.from_linear(linear)
+        if name not in static_scales:
+            raise ValueError(f"no calibrated activation scale for {name}")
+        return W8A8Linear.from_linear(linear, ActQuant(static_scale=float(static_scales[name])))
+
+    return make_module
