@@ -15,6 +15,7 @@ from .primitives import PerChannel, PerGroup, PerTensor, QuantSpec, choose_qpara
 __all__ = [
     "CheckFailed", "compare", "check_memory_gb", "check_quantize_asym", "check_group_fake_quant",
     "check_clip_search", "check_outlier_dims", "check_smooth_scales", "check_int8_decomposition",
+    "check_nf4_block",
 ]
 
 
@@ -227,3 +228,31 @@ def check_int8_decomposition(fn: Callable[[torch.Tensor, torch.Tensor, float], t
         raise CheckFailed(f"max diff {err:.3g} from qtutor's llm_int8_matmul (tolerance {tol:.3g})")
     compare("y", got, want, atol=tol)
     _ok("LLM.int8() decomposition matches qtutor (within 0.3 % of max |y|)")
+
+
+# --- 09: NF4 block quantization ------------------------------------------------------------
+
+def check_nf4_block(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """``fn(x, levels) -> codes``: one block scaled by its absmax, each value to its nearest level."""
+    from .methods.nf4 import NF4Config, normal_float_levels, quantize_4bit
+
+    levels = normal_float_levels()
+    gen = torch.Generator().manual_seed(9)
+    for trial in range(3):
+        x = torch.randn(64, generator=gen) * (0.02 if trial else 1.0)
+        state = quantize_4bit(x, NF4Config(blocksize=64, double_quant=False))
+        want = torch.stack([state.packed[:, 0] >> 4, state.packed[:, 0] & 0xF], 1).reshape(-1).long()
+        got = torch.as_tensor(fn(x.clone(), levels.clone())).long().flatten()
+        if got.shape != want.shape:
+            raise CheckFailed(f"codes have shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        if torch.equal(got, want):
+            continue
+        if int(got.max()) > 15 or int(got.min()) < 0:
+            raise CheckFailed("codes must be indices 0..15 into the level table, not values")
+        scaled_by_max = torch.bucketize(x / x.max(), (levels[:-1] + levels[1:]) / 2)
+        if torch.equal(got, scaled_by_max):
+            raise CheckFailed("divide by the block's max |x| (absmax), not its max")
+        n_bad = int((got != want).sum())
+        raise CheckFailed(f"{n_bad} of 64 codes differ from qtutor/bitsandbytes: pick the nearest level of x / max|x|")
+    compare("codes", got, want)
+    _ok("NF4 block quantization matches bitsandbytes")

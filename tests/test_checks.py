@@ -103,3 +103,18 @@ def test_int8_decomposition_right_and_wrong():
         check_int8_decomposition(lambda x, w, t: right(x, w, 0.0))
     with pytest.raises(CheckFailed, match="fp16 product"):
         check_int8_decomposition(lambda x, w, t: x.float() @ w.float().T)
+
+
+def test_nf4_block_right_and_wrong():
+    from qtutor.checks import check_nf4_block
+
+    def right(x, levels):
+        return torch.bucketize(x / x.abs().max(), (levels[:-1] + levels[1:]) / 2)
+
+    check_nf4_block(right)
+    with pytest.raises(CheckFailed, match="absmax"):
+        check_nf4_block(lambda x, levels: torch.bucketize(x / x.max(), (levels[:-1] + levels[1:]) / 2))
+    with pytest.raises(CheckFailed, match="indices"):
+        check_nf4_block(lambda x, levels: levels[right(x, levels)] * 100)
+    with pytest.raises(CheckFailed, match="codes differ"):
+        check_nf4_block(lambda x, levels: torch.bucketize(x / x.abs().max(), torch.linspace(-1, 1, 17)[1:-1]))
