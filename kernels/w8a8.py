@@ -39,14 +39,14 @@ def quantize_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     # the scalar, which is not correctly rounded and would differ from the kernel at ties
     inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
     q = torch.round(xf * inv[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, amax / 127.0
+    return q, amax / torch.full_like(amax, 127.0)
 
 
 def int8_matmul_ref(
     q_x: torch.Tensor, q_w: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, out_dtype=torch.float32
 ) -> torch.Tensor:
     """(M, K) int8 @ (N, K)ᵀ int8 in exact integers, times ``s_x[:, None] * s_w[None, :]``."""
-    acc = q_x.to(torch.int64) @ q_w.to(torch.int64).T  # exact (M, N)
+    acc = q_x.double() @ q_w.double().T  # (M, N) integers, exact in float64 (|acc| < 2**53) on CPU and GPU
     return (acc.to(torch.float32) * s_x.float()[:, None] * s_w.float()[None, :]).to(out_dtype)
 
 
@@ -85,8 +85,9 @@ def _quantize_per_token_kernel(
         x = tl.load(x_ptr + row * stride_xm + k + offs, mask=k + offs < K, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(x))
     m = tl.max(amax, axis=0)
-    inv = tl.where(m > 0, 127.0 / m, 0.0).to(tl.float32)
-    tl.store(s_ptr + row, m / 127.0)
+    # div_rn: IEEE division; a plain "/" compiles to an approximate divide on the GPU
+    inv = tl.where(m > 0, tl.math.div_rn(tl.full((), 127.0, tl.float32), m), 0.0).to(tl.float32)
+    tl.store(s_ptr + row, tl.math.div_rn(m, tl.full((), 127.0, tl.float32)))
     # ---- pass 2: codes
     for k in range(0, K, BLOCK_K):
         x = tl.load(x_ptr + row * stride_xm + k + offs, mask=k + offs < K, other=0.0).to(tl.float32)
@@ -117,8 +118,8 @@ def _int8_matmul_kernel(
         for k in range(0, K, BLOCK_K):
             a = tl.load(a_ptrs + k * stride_ak, mask=(offs_m[:, None] < M) & (offs_k[None, :] + k < K), other=0.0)
             amax = tl.maximum(amax, tl.max(tl.abs(a.to(tl.float32)), axis=1))
-        inv = tl.where(amax > 0, 127.0 / amax, 0.0).to(tl.float32)
-        sa = amax / 127.0
+        inv = tl.where(amax > 0, tl.math.div_rn(tl.full((BLOCK_M,), 127.0, tl.float32), amax), 0.0)
+        sa = tl.math.div_rn(amax, tl.full((BLOCK_M,), 127.0, tl.float32))
     else:
         sa = tl.load(sa_ptr + offs_m, mask=offs_m < M, other=0.0)
     # ---- int8 dot products, int32 accumulator
@@ -153,7 +154,10 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     M, K = x.shape
     q = torch.empty((M, K), dtype=torch.int8, device=x.device)
     s = torch.empty((M,), dtype=torch.float32, device=x.device)
-    _quantize_per_token_kernel[(M,)](x, q, s, K, x.stride(0), q.stride(0), BLOCK_K=min(1024, triton.next_power_of_2(K)))
+    _quantize_per_token_kernel[(M,)](
+        x, q, s, K, x.stride(0), q.stride(0), BLOCK_K=min(1024, triton.next_power_of_2(K)),
+        enable_fp_fusion=False,  # keep x·inv rounded before +0.5, as the reference does (no FMA)
+    )
     return q, s
 
 
@@ -173,6 +177,7 @@ def _launch(a, q_w, s_a, s_w, out, quantize_a: bool) -> torch.Tensor:
         a, q_w, s_a, s_w.float().contiguous(), out, M, N, K,
         a.stride(0), a.stride(1), q_w.stride(0), q_w.stride(1), out.stride(0), out.stride(1),
         QUANTIZE_A=quantize_a, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+        enable_fp_fusion=False,  # no FMA contraction: rounding ties and the epilogue match the reference
     )
     return out
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..kernels.w8a8 import quantize_per_token_ref, w8a8_dynamic
+from ..kernels.w8a8 import int8_matmul, quantize_per_token_ref, w8a8_dynamic
 
 __all__ = [
     "ActQuant",
@@ -52,8 +52,8 @@ def int8_matmul_asym_ref(
     q_x: torch.Tensor, z_x: torch.Tensor, s_x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor
 ) -> torch.Tensor:
     """Asymmetric uint8 activations (M, K) with zero-points (M,), symmetric int8 weights (N, K)."""
-    acc = q_x.to(torch.int64) @ q_w.to(torch.int64).T  # (M, N)
-    cross = z_x.to(torch.int64)[:, None] * q_w.to(torch.int64).sum(1)[None, :]  # (M, N)
+    acc = q_x.double() @ q_w.double().T  # (M, N), exact integers in float64
+    cross = z_x.double()[:, None] * q_w.double().sum(1)[None, :]  # (M, N)
     return (acc - cross).float() * s_x.float()[:, None] * s_w.float()[None, :]
 
 
@@ -73,8 +73,10 @@ def w8a8_linear(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, act: ActQ
         s = torch.full((x2.shape[0],), act.static_scale, dtype=torch.float32, device=x.device)
         q_x = torch.round(x2.float() / act.static_scale).clamp(-127, 127).to(torch.int8)
         s_x = s
-    acc = _int_mm(q_x, q_w.T) if not x.is_cuda else (q_x.int() @ q_w.int().T)
-    y = acc.float() * s_x[:, None] * s_w[None, :]
+    if x.is_cuda:
+        y = int8_matmul(q_x, q_w, s_x, s_w, out_dtype=torch.float32)
+    else:
+        y = _int_mm(q_x, q_w.T).float() * s_x[:, None] * s_w[None, :]
     return y.to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
