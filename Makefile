@@ -31,8 +31,8 @@ course: model
 
 test: model
 	$(BIN)/qtutor doctor
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest tests -q
-	$(BIN)/python -m pytest -q --nbval --nbval-current-env --nbval-cell-timeout=900 \
+	TRITON_INTERPRET=1 $(BIN)/pytest tests -q
+	$(BIN)/pytest -q --nbval --nbval-current-env --nbval-cell-timeout=900 \
 		--nbval-sanitize-with=notebooks/sanitize.cfg notebooks
 
 student: setup

@@ -1,4 +1,16 @@
-"""GGUF block formats (llama.cpp), encoders and decoders."""
+"""GGUF (llama.cpp) block formats: encoders and decoders, byte-identical with llama.cpp."""
+from .kquants import (
+    KQUANT_TYPES,
+    QK_K,
+    dequantize_kquant,
+    kquant_type_size,
+    pack_scales_k4,
+    quantize_kquant,
+    unpack_scales_k4,
+)
 from .legacy import LEGACY_TYPES, QK, dequantize_blocks, quantize_blocks, type_size
 
-__all__ = ["LEGACY_TYPES", "QK", "dequantize_blocks", "quantize_blocks", "type_size"]
+__all__ = [
+    "KQUANT_TYPES", "QK_K", "dequantize_kquant", "kquant_type_size", "pack_scales_k4", "quantize_kquant",
+    "unpack_scales_k4", "LEGACY_TYPES", "QK", "dequantize_blocks", "quantize_blocks", "type_size",
+]

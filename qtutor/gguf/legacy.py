@@ -60,6 +60,8 @@ def quantize_blocks(x: np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != QK:
         raise ValueError(f"x must have shape (n_blocks, 32), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("x contains NaN or Inf: a block scale computed from it would be NaN/Inf")
     if name == "Q8_0":
         d = (np.abs(x).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
         v = x * _inv(d)
