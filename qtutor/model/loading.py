@@ -102,7 +102,8 @@ def _sha256(path: Path) -> str:
 def _load_gguf(path: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _quiet_transformers():
+    # the GGUF dequantizer draws a tqdm bar on stderr that no setting turns off once tqdm is imported
+    with _quiet_transformers(), open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     return model, tokenizer
