@@ -15,7 +15,7 @@ from .primitives import PerChannel, PerGroup, PerTensor, QuantSpec, choose_qpara
 __all__ = [
     "CheckFailed", "compare", "check_memory_gb", "check_quantize_asym", "check_group_fake_quant",
     "check_clip_search", "check_outlier_dims", "check_smooth_scales", "check_int8_decomposition",
-    "check_nf4_block",
+    "check_nf4_block", "check_q8_0_encoder", "check_k4_scale_packing",
 ]
 
 
@@ -256,3 +256,66 @@ def check_nf4_block(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) ->
         raise CheckFailed(f"{n_bad} of 64 codes differ from qtutor/bitsandbytes: pick the nearest level of x / max|x|")
     compare("codes", got, want)
     _ok("NF4 block quantization matches bitsandbytes")
+
+
+# --- 10: GGUF -------------------------------------------------------------------------------------
+
+def check_q8_0_encoder(fn: Callable) -> None:
+    """``fn(x) -> blocks``: x (n, 32) float32 -> (n, 34) uint8 Q8_0 blocks (fp16 d, then 32 int8 codes)."""
+    import numpy as np
+
+    from .gguf import dequantize_blocks, quantize_blocks
+
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((64, 32)).astype(np.float32)
+    x[3] = 0.0  # an all-zero block: d = 0, codes 0
+    x[5] = np.clip(x[5], -1, 1)
+    x[5, 0] = 127 / 4  # block max: d = 0.25 exactly
+    x[5, 7] = 62.5 / 4  # x / d = 62.5, a rounding tie: roundf gives 63, round-half-to-even 62
+    want = quantize_blocks(x, "Q8_0")
+    got = np.asarray(fn(x.copy()))
+    if got.shape != want.shape or got.dtype != np.uint8:
+        raise CheckFailed(f"blocks must be uint8 of shape {want.shape}, got {got.dtype} {got.shape}")
+    if np.array_equal(got, want):
+        compare("Q8_0 bytes", torch.from_numpy(got.astype(np.int64)), torch.from_numpy(want.astype(np.int64)))
+        _ok("Q8_0 encoder is byte-identical with qtutor (and so with llama.cpp and gguf-py)")
+        return
+    if not np.array_equal(got[:, :2], want[:, :2]):
+        if np.array_equal(got[:, 32:], want[:, :2]):
+            raise CheckFailed("d must come first: bytes 0-1 hold d as float16, then the 32 codes")
+        raise CheckFailed("the scale bytes differ: d = max|x| / 127, stored as float16 (x.astype(np.float16).view(np.uint8))")
+    bad_blocks = np.nonzero((got != want).any(axis=1))[0]
+    if 5 in bad_blocks and len(bad_blocks) == 1:
+        raise CheckFailed("a rounding tie went the wrong way: llama.cpp uses roundf (halves away from zero), "
+                          "not np.round (halves to even)")
+    if 3 in bad_blocks:
+        raise CheckFailed("the all-zero block is wrong: with d = 0 use 1/d = 0, so every code is 0")
+    back = dequantize_blocks(got, "Q8_0")
+    raise CheckFailed(f"{len(bad_blocks)} blocks differ; your blocks decode to max error "
+                      f"{float(np.abs(back - x).max()):.3g} — codes are round(x / d) as int8")
+
+
+def check_k4_scale_packing(fn: Callable) -> None:
+    """``fn(ls, lm) -> packed``: eight 6-bit scales and mins per super-block (n, 8) -> 12 bytes (n, 12)."""
+    import numpy as np
+
+    from .gguf import pack_scales_k4, unpack_scales_k4
+
+    rng = np.random.default_rng(12)
+    ls, lm = rng.integers(0, 64, (32, 8)).astype(np.uint8), rng.integers(0, 64, (32, 8)).astype(np.uint8)
+    want = pack_scales_k4(ls, lm)
+    got = np.asarray(fn(ls.copy(), lm.copy()))
+    if got.shape != want.shape:
+        raise CheckFailed(f"packed must have shape {want.shape} (12 bytes per super-block), got {got.shape}")
+    got = got.astype(np.uint8)
+    if np.array_equal(got, want):
+        compare("packed scales", torch.from_numpy(got.astype(np.int64)), torch.from_numpy(want.astype(np.int64)))
+        _ok("6-bit scale packing matches llama.cpp's get_scale_min_k4")
+        return
+    sc, mn = unpack_scales_k4(got)
+    if np.array_equal(sc, lm) and np.array_equal(mn, ls):
+        raise CheckFailed("scales and mins are swapped: bytes 0-3 start with the scales, bytes 4-7 with the mins")
+    if np.array_equal(sc[:, :4], ls[:, :4]) and not np.array_equal(sc[:, 4:], ls[:, 4:]):
+        raise CheckFailed("sub-blocks 4-7 are wrong: their low 4 bits go to bytes 8-11 (scale low nibble, min high "
+                          "nibble) and their top 2 bits to bits 6-7 of bytes 0-3 (scales) and 4-7 (mins)")
+    raise CheckFailed("sub-blocks 0-3 are wrong: scale j goes to the low 6 bits of byte j, min j of byte j + 4")

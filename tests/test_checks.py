@@ -118,3 +118,47 @@ def test_nf4_block_right_and_wrong():
         check_nf4_block(lambda x, levels: levels[right(x, levels)] * 100)
     with pytest.raises(CheckFailed, match="codes differ"):
         check_nf4_block(lambda x, levels: torch.bucketize(x / x.abs().max(), torch.linspace(-1, 1, 17)[1:-1]))
+
+
+def test_q8_0_encoder_right_and_wrong():
+    import numpy as np
+
+    from qtutor.checks import check_q8_0_encoder
+    from qtutor.gguf import quantize_blocks
+
+    def ours(x, rounding=lambda v: np.sign(v) * np.floor(np.abs(v) + 0.5)):
+        d = (np.abs(x).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
+        with np.errstate(divide="ignore"):
+            inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+        q = rounding(x * inv).astype(np.int8)
+        return np.concatenate([d.astype(np.float16).view(np.uint8), q.view(np.uint8)], axis=1)
+
+    check_q8_0_encoder(lambda x: quantize_blocks(x, "Q8_0"))
+    check_q8_0_encoder(ours)
+    with pytest.raises(CheckFailed, match="roundf"):
+        check_q8_0_encoder(lambda x: ours(x, np.round))
+    with pytest.raises(CheckFailed, match="d must come first"):
+        check_q8_0_encoder(lambda x: np.roll(ours(x), -2, axis=1))
+    with pytest.raises(CheckFailed, match="uint8"):
+        check_q8_0_encoder(lambda x: ours(x)[:, :33])
+
+
+def test_k4_scale_packing_right_and_wrong():
+    import numpy as np
+
+    from qtutor.checks import check_k4_scale_packing
+    from qtutor.gguf import pack_scales_k4
+
+    check_k4_scale_packing(pack_scales_k4)
+    with pytest.raises(CheckFailed, match="swapped"):
+        check_k4_scale_packing(lambda ls, lm: pack_scales_k4(lm, ls))
+
+    def no_high_bits(ls, lm):
+        q = pack_scales_k4(ls, lm)
+        q[:, 0:8] &= 63
+        return q
+
+    with pytest.raises(CheckFailed, match="sub-blocks 4-7"):
+        check_k4_scale_packing(no_high_bits)
+    with pytest.raises(CheckFailed, match="12 bytes"):
+        check_k4_scale_packing(lambda ls, lm: np.concatenate([ls, lm], axis=1))
