@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .search import F32, make_q3_quants, make_qkx2_quants, make_qx_quants, nearest_int, seq_sum
+from .search import F32, make_q3_quants, make_qkx2_quants, make_qx_quants, nearest_int, seq_sum, signed_absmax
 
 __all__ = ["QK_K", "KQUANT_TYPES", "kquant_type_size", "quantize_kquant", "dequantize_kquant",
            "pack_scales_k4", "unpack_scales_k4"]
@@ -137,8 +137,7 @@ def _quantize_q6_K(x):
     rows = x.reshape(-1, 16)
     scales, L = make_qx_quants(rows, 32)
     scales = scales.reshape(nb, 16)
-    idx = np.abs(scales).argmax(axis=1)
-    max_scale = np.take_along_axis(scales, idx[:, None], axis=1)[:, 0]
+    _, max_scale = signed_absmax(scales)  # the sub-block scale of largest magnitude, with its sign
     zero = np.abs(max_scale) < F32(1e-15)
     with np.errstate(divide="ignore"):
         iscale = (F32(-128) / np.where(zero, F32(1), max_scale)).astype(F32)
@@ -159,8 +158,7 @@ def _quantize_q3_K(x):
     rows = x.reshape(-1, 16)
     scales, L = make_q3_quants(rows, 4)
     scales = scales.reshape(nb, 16)
-    idx = np.abs(scales).argmax(axis=1)
-    max_scale = np.take_along_axis(scales, idx[:, None], axis=1)[:, 0]
+    _, max_scale = signed_absmax(scales)
     has = max_scale != 0
     with np.errstate(divide="ignore"):
         iscale = np.where(has, F32(-32) / np.where(has, max_scale, F32(1)), F32(0)).astype(F32)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["F32", "nearest_int", "seq_sum", "make_qx_quants", "make_q3_quants", "make_qkx2_quants"]
+__all__ = ["F32", "nearest_int", "seq_sum", "signed_absmax", "make_qx_quants", "make_q3_quants", "make_qkx2_quants"]
 
 F32 = np.float32
 GROUP_MAX_EPS = F32(1e-15)
@@ -31,7 +31,7 @@ def seq_sum(terms: np.ndarray) -> np.ndarray:
     return s
 
 
-def _signed_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def signed_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``max|x|`` and the signed value reaching it first (C: ``if (ax > amax)``), per row."""
     idx = np.abs(x).argmax(axis=1)
     mx = np.take_along_axis(x, idx[:, None], axis=1)[:, 0]
@@ -44,7 +44,7 @@ def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     Returns ``scale`` (rows,) and codes ``L`` (rows, n) offset by ``nmax``.
     """
     x = x.astype(F32)
-    amax, mx = _signed_absmax(x)
+    amax, mx = signed_absmax(x)
     zero = amax < GROUP_MAX_EPS
     mx = np.where(zero, F32(1), mx)
     w = x * x
@@ -78,7 +78,7 @@ def make_q3_quants(x: np.ndarray, nmax: int = 4) -> tuple[np.ndarray, np.ndarray
     """Q3_K's search: start at ``-nmax / max``, then up to 5 passes of one-code-at-a-time refinement."""
     x = x.astype(F32)
     rows, n = x.shape
-    amax, mx = _signed_absmax(x)
+    amax, mx = signed_absmax(x)
     zero = amax < GROUP_MAX_EPS
     mx = np.where(zero, F32(1), mx)
     iscale = (F32(-nmax) / mx).astype(F32)
