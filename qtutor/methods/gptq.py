@@ -1,0 +1,172 @@
+"""GPTQ: one-shot weight quantization with second-order error compensation.
+
+Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative
+Pre-trained Transformers" (ICLR 2023), Algorithm 1, following the reference
+code (IST-DASLab/gptq, ``gptq.py``: ``GPTQ.add_batch`` and ``fasterquant``):
+
+* ``H = 2 X Xᵀ / n`` accumulated as a running mean over calibration batches;
+* dead columns (``H_jj = 0``) get ``H_jj = 1`` and a zero weight;
+* dampening ``λ = percdamp · mean(diag H)`` added to the diagonal;
+* ``Hinv`` = upper Cholesky factor of ``H⁻¹``;
+* columns processed left to right in lazy batches of ``blocksize`` (128): each
+  column is quantized, its error ``(w − q) / Hinv_jj`` is spread over the
+  remaining columns of the batch, and the batch's accumulated error over all
+  later columns at the end of the batch;
+* group-wise parameters computed when a group starts (on the already-updated
+  weights), or up front for every group (``static_groups``); ``act_order``
+  processes columns by decreasing ``diag H``.
+
+The grid is the reference's: unsigned codes 0…2ᵇ−1 with a per-row (or
+per-group) scale and zero-point; "symmetric" puts the zero-point at
+(2ᵇ)/2 — not qtutor's signed symmetric grid.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["GPTQConfig", "GPTQ", "gptq_grid_params", "gptq_fake_quant"]
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    """GPTQ's knobs, with the reference defaults."""
+
+    n_bits: int = 4
+    group_size: int | None = 128  # None: one scale per output row
+    symmetric: bool = False
+    act_order: bool = False
+    static_groups: bool = False
+    blocksize: int = 128
+    percdamp: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_bits, int) or not 2 <= self.n_bits <= 8:
+            raise ValueError(f"n_bits={self.n_bits!r}: must be an integer from 2 to 8")
+        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
+            raise ValueError(f"group_size={self.group_size!r}: must be a positive integer or None")
+        if not 0.0 < self.percdamp < 1.0:
+            raise ValueError(f"percdamp={self.percdamp}: must be in (0, 1)")
+        if self.blocksize < 1:
+            raise ValueError(f"blocksize={self.blocksize}: must be positive")
+
+
+def gptq_grid_params(w: torch.Tensor, n_bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``scale`` and ``zero`` (both (rows, 1) float) of the reference ``Quantizer.find_params``."""
+    maxq = 2**n_bits - 1
+    xmin = torch.minimum(w.min(dim=1).values, torch.zeros(1, device=w.device))
+    xmax = torch.maximum(w.max(dim=1).values, torch.zeros(1, device=w.device))
+    if symmetric:
+        xmax = torch.maximum(xmin.abs(), xmax)
+        xmin = torch.where(xmin < 0, -xmax, xmin)
+    empty = (xmin == 0) & (xmax == 0)
+    xmin, xmax = torch.where(empty, -1.0, xmin), torch.where(empty, 1.0, xmax)
+    scale = (xmax - xmin) / maxq
+    zero = torch.full_like(scale, (maxq + 1) / 2) if symmetric else torch.round(-xmin / scale)
+    return scale.unsqueeze(1), zero.unsqueeze(1)
+
+
+def gptq_fake_quant(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, n_bits: int) -> torch.Tensor:
+    """``scale · (clamp(round(w / scale) + zero, 0, 2ᵇ−1) − zero)``."""
+    q = torch.clamp(torch.round(w / scale) + zero, 0, 2**n_bits - 1)
+    return scale * (q - zero)
+
+
+class GPTQ:
+    """Accumulates the Hessian of one linear layer and quantizes its weight."""
+
+    def __init__(self, weight: torch.Tensor, name: str = "layer") -> None:
+        if weight.ndim != 2:
+            raise ValueError(f"{name}: weight must be 2-D (out_features, in_features), got {tuple(weight.shape)}")
+        self.name = name
+        self.weight = weight
+        self.columns = weight.shape[1]
+        self.H = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=weight.device)
+        self.nsamples = 0
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        """Add layer inputs ``x`` (..., in_features) to the running mean ``H = 2 X Xᵀ / n``."""
+        if x.shape[-1] != self.columns:
+            raise ValueError(f"{self.name}: input has {x.shape[-1]} features, the weight expects {self.columns}")
+        x = x.reshape(-1, self.columns).float()  # (tokens, in)
+        n = x.shape[0]
+        self.H *= self.nsamples / (self.nsamples + n)
+        self.nsamples += n
+        x = math.sqrt(2 / self.nsamples) * x
+        self.H += x.T @ x
+
+    def _hinv(self, H: torch.Tensor, percdamp: float) -> torch.Tensor:
+        diag = torch.arange(self.columns, device=H.device)
+        damp = percdamp * torch.mean(torch.diag(H))
+        for attempt in range(4):  # retry with 10x more damping before giving up
+            Hd = H.clone()
+            Hd[diag, diag] += damp * 10**attempt
+            L, info = torch.linalg.cholesky_ex(Hd)
+            if info == 0:
+                Hinv = torch.cholesky_inverse(L)
+                U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+                if info == 0:
+                    return U
+        raise ValueError(
+            f"{self.name}: the Hessian is not positive definite even with dampening {percdamp * 1000:g}% of its "
+            "mean diagonal; the calibration inputs are degenerate (too few tokens, or NaN/Inf activations)"
+        )
+
+    @torch.no_grad()
+    def quantize(self, config: GPTQConfig) -> dict[str, torch.Tensor]:
+        """Run GPTQ; returns ``{'weight': dequantized (out, in), 'scale', 'zero': (out, n_groups), 'g_idx': (in,)}``."""
+        if self.nsamples == 0:
+            raise ValueError(f"{self.name}: no calibration data was added (call add_batch first)")
+        W = self.weight.detach().clone().float()
+        rows, columns = W.shape
+        gs = config.group_size or columns
+        if config.group_size is not None and columns % gs and (config.static_groups or config.act_order):
+            raise ValueError(f"{self.name}: group_size={gs} does not divide in_features={columns}")
+        H = self.H.clone()
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1
+        W[:, dead] = 0
+        groups = None
+        if config.static_groups:
+            groups = [gptq_grid_params(W[:, i:i + gs], config.n_bits, config.symmetric) for i in range(0, columns, gs)]
+        perm = torch.arange(columns, device=W.device)
+        if config.act_order:
+            perm = torch.argsort(torch.diag(H), descending=True)
+            W, H = W[:, perm], H[perm][:, perm]
+        invperm = torch.argsort(perm)
+        Hinv = self._hinv(H, config.percdamp)
+        Q = torch.zeros_like(W)
+        n_groups = -(-columns // gs)
+        scales = torch.zeros(rows, n_groups, device=W.device)
+        zeros = torch.zeros(rows, n_groups, device=W.device)
+        scale, zero = gptq_grid_params(W, config.n_bits, config.symmetric)
+        for i1 in range(0, columns, config.blocksize):
+            i2 = min(i1 + config.blocksize, columns)
+            W1 = W[:, i1:i2].clone()  # (rows, count)
+            Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+            Hinv1 = Hinv[i1:i2, i1:i2]
+            for i in range(i2 - i1):
+                col = i1 + i
+                if config.static_groups:
+                    g = int(perm[col]) // gs
+                    scale, zero = groups[g]
+                else:
+                    g = col // gs
+                    if config.group_size is not None and col % gs == 0:
+                        # as the reference: from W, whose columns inside the current lazy batch
+                        # do not yet carry this batch's updates
+                        scale, zero = gptq_grid_params(W[:, col:col + gs], config.n_bits, config.symmetric)
+                scales[:, g], zeros[:, g] = scale[:, 0], zero[:, 0]
+                w, d = W1[:, i], Hinv1[i, i]
+                q = gptq_fake_quant(w.unsqueeze(1), scale, zero, config.n_bits).flatten()
+                Q1[:, i] = q
+                err = (w - q) / d
+                W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+                Err1[:, i] = err
+            Q[:, i1:i2] = Q1
+            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        position = torch.arange(columns, device=W.device)
+        g_idx = position // gs if config.static_groups else (position // gs)[invperm]
+        return {"weight": Q[:, invperm], "scale": scales, "zero": zeros, "g_idx": g_idx.to(torch.int32)}

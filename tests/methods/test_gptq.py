@@ -1,0 +1,107 @@
+"""GPTQ against round-to-nearest on the same grid, and its bookkeeping."""
+import pytest
+import torch
+
+from qtutor.data import calibration_samples
+from qtutor.methods.gptq import GPTQ, GPTQConfig, gptq_fake_quant, gptq_grid_params
+
+CONFIGS = {
+    "w4-g64": GPTQConfig(n_bits=4, group_size=64),
+    "w4-channel": GPTQConfig(n_bits=4, group_size=None),
+    "w3-g64-sym": GPTQConfig(n_bits=3, group_size=64, symmetric=True),
+    "w4-g64-actorder": GPTQConfig(n_bits=4, group_size=64, act_order=True),
+    "w4-g64-actorder-static": GPTQConfig(n_bits=4, group_size=64, act_order=True, static_groups=True),
+}
+
+
+def _rtn(w, cfg):
+    gs = cfg.group_size or w.shape[1]
+    out = torch.empty_like(w)
+    for i in range(0, w.shape[1], gs):
+        scale, zero = gptq_grid_params(w[:, i:i + gs], cfg.n_bits, cfg.symmetric)
+        out[:, i:i + gs] = gptq_fake_quant(w[:, i:i + gs], scale, zero, cfg.n_bits)
+    return out
+
+
+_INPUTS: dict = {}
+
+
+def _layer_inputs(model, tok, name, n=4, seq=128):
+    if name not in _INPUTS:
+        _INPUTS[name] = _capture(model, tok, name, n, seq)
+    return _INPUTS[name]
+
+
+def _capture(model, tok, name, n, seq):
+    lin = model.get_submodule(name)
+    xs = []
+    hook = lin.register_forward_pre_hook(lambda m, a: xs.append(a[0].detach().reshape(-1, lin.in_features)))
+    with torch.no_grad():
+        for ids in calibration_samples(tok, n_samples=n, seq_len=seq, seed=0).split(1):
+            model(ids)
+    hook.remove()
+    return lin, torch.cat(xs)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS.values(), ids=CONFIGS.keys())
+@pytest.mark.parametrize("name", ["model.layers.3.self_attn.q_proj", "model.layers.10.mlp.down_proj"])
+def test_gptq_error_at_most_rtn_on_real_layers(smollm2, name, cfg):
+    model, tok = smollm2
+    lin, x = _layer_inputs(model, tok, name)
+    g = GPTQ(lin.weight, name)
+    for chunk in x.split(128):
+        g.add_batch(chunk)
+    out = g.quantize(cfg)
+    w = lin.weight.detach()
+    err_gptq = ((x @ w.T - x @ out["weight"].T) ** 2).sum()
+    err_rtn = ((x @ w.T - x @ _rtn(w, cfg).T) ** 2).sum()
+    assert err_gptq <= err_rtn
+    assert out["weight"].shape == w.shape and out["g_idx"].shape == (w.shape[1],)
+    # every output weight lies on its group's grid
+    scale = out["scale"][:, out["g_idx"].long()]
+    zero = out["zero"][:, out["g_idx"].long()]
+    codes = out["weight"] / scale + zero
+    assert torch.allclose(codes, codes.round(), atol=1e-3)
+    assert codes.round().min() >= 0 and codes.round().max() <= 2**cfg.n_bits - 1
+
+
+def test_running_mean_hessian():
+    torch.manual_seed(0)
+    x = torch.randn(300, 16)
+    g = GPTQ(torch.randn(8, 16))
+    for chunk in x.split(70):
+        g.add_batch(chunk)
+    assert torch.allclose(g.H, 2 * x.T @ x / 300, atol=1e-5)
+
+
+def test_dead_columns_are_zeroed():
+    torch.manual_seed(0)
+    x = torch.randn(200, 16)
+    x[:, 3] = 0
+    g = GPTQ(torch.randn(8, 16))
+    g.add_batch(x)
+    assert torch.all(g.quantize(GPTQConfig(group_size=None))["weight"][:, 3] == 0)
+
+
+def test_deterministic():
+    torch.manual_seed(0)
+    w, x = torch.randn(16, 64), torch.randn(256, 64)
+    outs = []
+    for _ in range(2):
+        g = GPTQ(w)
+        g.add_batch(x)
+        outs.append(g.quantize(GPTQConfig(group_size=32, act_order=True))["weight"])
+    assert torch.equal(*outs)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="n_bits=9"):
+        GPTQConfig(n_bits=9)
+    g = GPTQ(torch.randn(4, 8), "blk.0.q")
+    with pytest.raises(ValueError, match="blk.0.q: no calibration data"):
+        g.quantize(GPTQConfig())
+    with pytest.raises(ValueError, match="input has 5 features"):
+        g.add_batch(torch.randn(3, 5))
+    g.add_batch(torch.full((4, 8), float("nan")))
+    with pytest.raises(ValueError, match="blk.0.q: the Hessian is not positive definite"):
+        g.quantize(GPTQConfig(group_size=None))
