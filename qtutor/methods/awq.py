@@ -1,0 +1,123 @@
+"""AWQ: activation-aware weight quantization — the scale search and the clipping search.
+
+Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression and
+Acceleration" (MLSys 2024), §3, following the reference code
+(mit-han-lab/llm-awq, ``awq/quantize/auto_scale.py`` and ``auto_clip.py``):
+
+* the quantizer is ``pseudo_quantize_tensor``: asymmetric min-max per group with
+  an integer zero-point, the range *not* widened to include 0, scale clamped at 1e-5;
+* ``search_scales``: per input channel ``s = mean|x|^α``, normalised by
+  ``sqrt(max(s) · min(s))``, α on a grid of 20 values in [0, 1); for each α the
+  weights are multiplied by ``s``, quantized, divided by ``s``, and the loss is the
+  mean squared difference of the *inspected module's* output (e.g. the whole MLP
+  for gate/up); the best α wins (α = 0 is plain round-to-nearest);
+* ``fold_scales_into_norm``: ``norm.weight /= s``, ``W *= s`` — the float model is unchanged;
+* ``search_clip``: per output channel and group, shrink ``max|w|`` by up to 50 % in 20
+  steps and keep the one with least output error on (up to) 512 sampled tokens.
+
+Not here yet: the block-by-block pipeline that runs these on every block
+(attention needs its position embeddings and mask), and checkpoint packing.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["pseudo_quantize_tensor", "search_scales", "fold_scales_into_norm", "search_clip"]
+
+
+def pseudo_quantize_tensor(w: torch.Tensor, n_bits: int = 4, group_size: int = 128) -> torch.Tensor:
+    """The reference's fake quantizer: (out, in) -> (out, in), asymmetric per group of ``group_size`` inputs."""
+    shape = w.shape
+    if group_size > 0:
+        if shape[-1] % group_size:
+            raise ValueError(f"group_size={group_size} does not divide in_features={shape[-1]}")
+        w = w.reshape(-1, group_size)
+    max_val, min_val = w.amax(dim=1, keepdim=True), w.amin(dim=1, keepdim=True)
+    max_int = 2**n_bits - 1
+    scales = (max_val - min_val).clamp(min=1e-5) / max_int
+    zeros = (-torch.round(min_val / scales)).clamp(0, max_int)
+    w = (torch.clamp(torch.round(w / scales) + zeros, 0, max_int) - zeros) * scales
+    return w.reshape(shape)
+
+
+@torch.no_grad()
+def search_scales(
+    module: Callable[[torch.Tensor], torch.Tensor],
+    linears: list[nn.Linear],
+    x: torch.Tensor,
+    n_bits: int = 4,
+    group_size: int = 128,
+    n_grid: int = 20,
+) -> tuple[torch.Tensor, float, list[float]]:
+    """Best per-channel scales for ``linears`` (which all read ``x``), judged on ``module(x)``.
+
+    Returns ``(scales (in_features,), best ratio α, loss for every α)``. The weights
+    of ``linears`` are restored before returning.
+    """
+    org_out = module(x)
+    if isinstance(org_out, tuple):
+        org_out = org_out[0]
+    x_mean = x.abs().reshape(-1, x.shape[-1]).float().mean(0)  # (in,) the reference's get_act_scale
+    saved = [lin.weight.detach().clone() for lin in linears]
+    best = (float("inf"), -1.0, None)
+    history = []
+    for i in range(n_grid):
+        ratio = i / n_grid
+        s = x_mean.pow(ratio).clamp(min=1e-4)
+        s = s / (s.max() * s.min()).sqrt()
+        for lin in linears:
+            lin.weight.mul_(s.view(1, -1))
+            lin.weight.copy_(pseudo_quantize_tensor(lin.weight, n_bits, group_size) / s.view(1, -1))
+        out = module(x)
+        if isinstance(out, tuple):
+            out = out[0]
+        loss = (org_out - out).float().pow(2).mean().item()
+        history.append(loss)
+        if loss < best[0]:
+            best = (loss, ratio, s.clone())
+        for lin, w in zip(linears, saved):
+            lin.weight.copy_(w)
+    return best[2], best[1], history
+
+
+@torch.no_grad()
+def fold_scales_into_norm(norm: nn.Module, linears: list[nn.Linear], scales: torch.Tensor) -> None:
+    """``norm.weight /= s`` and each ``W[:, j] *= s_j``: the product is unchanged (the reference's ``scale_ln_fcs``)."""
+    norm.weight.div_(scales.to(norm.weight.dtype))
+    for lin in linears:
+        lin.weight.mul_(scales.view(1, -1).to(lin.weight.dtype))
+
+
+@torch.no_grad()
+def search_clip(
+    w: torch.Tensor, x: torch.Tensor, n_bits: int = 4, group_size: int = 128,
+    n_grid: int = 20, max_shrink: float = 0.5, n_sample_token: int = 512,
+) -> torch.Tensor:
+    """Best clipping ``max|w|`` per output channel and group: (out, n_groups, 1) (the reference's ``auto_clip_layer``)."""
+    out_features, in_features = w.shape
+    gs = group_size if group_size > 0 else in_features
+    x = x.reshape(-1, in_features)
+    x = x.reshape(1, x.shape[0], -1, gs)  # (1, tokens, n_groups, gs)
+    x = x[:, 0::max(x.shape[1] // n_sample_token, 1)]
+    w = w.reshape(out_features, 1, -1, gs)  # (out, 1, n_groups, gs)
+    batch = 256 if out_features % 256 == 0 else 64
+    best_all = []
+    for b in range(0, out_features, batch):
+        wb = w[b:b + batch]
+        org_max = wb.abs().amax(dim=-1, keepdim=True)  # (ob, 1, n_groups, 1)
+        best_max = org_max.clone()
+        min_errs = torch.full_like(org_max, 1e9)
+        org_out = (x * wb).sum(dim=-1)  # (ob, tokens, n_groups)
+        for i_s in range(int(max_shrink * n_grid)):
+            max_val = org_max * (1 - i_s / n_grid)
+            cur = torch.clamp(wb, -max_val, max_val)
+            q = pseudo_quantize_tensor(cur.reshape(-1, gs), n_bits, gs).reshape(cur.shape)
+            err = ((x * q).sum(dim=-1) - org_out).pow(2).mean(dim=1).view(min_errs.shape)
+            better = err < min_errs
+            min_errs[better] = err[better]
+            best_max[better] = max_val[better]
+        best_all.append(best_max)
+    return torch.cat(best_all, dim=0).squeeze(1)  # (out, n_groups, 1)
