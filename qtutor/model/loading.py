@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -128,8 +129,6 @@ def build_cache(force: bool = False) -> Path:
         model.load_state_dict(gguf_model.state_dict())
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     with _quiet_transformers():
@@ -138,8 +137,6 @@ def build_cache(force: bool = False) -> Path:
     manifest = {"source": GGUF_NAME, "wheel": MODEL_WHEEL, "source_sha256": _sha256(src)}
     (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1))
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     tmp.rename(out)  # atomic: a half-written cache never has the final name
     return out
