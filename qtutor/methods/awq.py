@@ -15,32 +15,29 @@ Acceleration" (MLSys 2024), §3, following the reference code
 * ``search_clip``: per output channel and group, shrink ``max|w|`` by up to 50 % in 20
   steps and keep the one with least output error on (up to) 512 sampled tokens.
 
-Not here yet: the block-by-block pipeline that runs these on every block
-(attention needs its position embeddings and mask), and checkpoint packing.
+``qtutor.pipeline.awq`` runs these on every block of a model.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["pseudo_quantize_tensor", "search_scales", "fold_scales_into_norm", "search_clip"]
+from .grid import n_groups, rtn_grid_quantize
+
+__all__ = ["pseudo_quantize_tensor", "search_scales", "fold_scales_into_norm", "search_clip", "apply_clip"]
 
 
 def pseudo_quantize_tensor(w: torch.Tensor, n_bits: int = 4, group_size: int = 128) -> torch.Tensor:
-    """The reference's fake quantizer: (out, in) -> (out, in), asymmetric per group of ``group_size`` inputs."""
-    shape = w.shape
-    if group_size > 0:
-        if shape[-1] % group_size:
-            raise ValueError(f"group_size={group_size} does not divide in_features={shape[-1]}")
-        w = w.reshape(-1, group_size)
-    max_val, min_val = w.amax(dim=1, keepdim=True), w.amin(dim=1, keepdim=True)
-    max_int = 2**n_bits - 1
-    scales = (max_val - min_val).clamp(min=1e-5) / max_int
-    zeros = (-torch.round(min_val / scales)).clamp(0, max_int)
-    w = (torch.clamp(torch.round(w / scales) + zeros, 0, max_int) - zeros) * scales
-    return w.reshape(shape)
+    """The reference's fake quantizer: (out, in) -> (out, in), asymmetric per group of ``group_size`` inputs.
+
+    ``group_size <= 0`` means one group per row. Unlike the reference, a
+    ``group_size`` that does not divide ``in_features`` gives a shorter last group.
+    """
+    q = rtn_grid_quantize(w.reshape(-1, w.shape[-1]), n_bits, group_size if group_size > 0 else None)
+    return q.dequantize(w.dtype).reshape(w.shape)
 
 
 @torch.no_grad()
@@ -100,6 +97,10 @@ def search_clip(
     out_features, in_features = w.shape
     gs = group_size if group_size > 0 else in_features
     x = x.reshape(-1, in_features)
+    pad = n_groups(in_features, gs) * gs - in_features
+    if pad:  # a short last group: zero inputs, replicated weights leave its error and max|w| unchanged
+        x = F.pad(x, (0, pad))
+        w = F.pad(w.unsqueeze(0), (0, pad), mode="replicate")[0]
     x = x.reshape(1, x.shape[0], -1, gs)  # (1, tokens, n_groups, gs)
     x = x[:, 0::max(x.shape[1] // n_sample_token, 1)]
     w = w.reshape(out_features, 1, -1, gs)  # (out, 1, n_groups, gs)
@@ -110,14 +111,26 @@ def search_clip(
         org_max = wb.abs().amax(dim=-1, keepdim=True)  # (ob, 1, n_groups, 1)
         best_max = org_max.clone()
         min_errs = torch.full_like(org_max, 1e9)
-        org_out = (x * wb).sum(dim=-1)  # (ob, tokens, n_groups)
+        # (ob, tokens, n_groups): the reference's (x * w).sum(-1), as one batched matmul per group
+        org_out = torch.einsum("tgk,ogk->otg", x[0], wb[:, 0])
         for i_s in range(int(max_shrink * n_grid)):
             max_val = org_max * (1 - i_s / n_grid)
             cur = torch.clamp(wb, -max_val, max_val)
-            q = pseudo_quantize_tensor(cur.reshape(-1, gs), n_bits, gs).reshape(cur.shape)
-            err = ((x * q).sum(dim=-1) - org_out).pow(2).mean(dim=1).view(min_errs.shape)
+            q = pseudo_quantize_tensor(cur.reshape(-1, gs), n_bits, gs).reshape(cur.shape)  # (ob, 1, n_groups, gs)
+            err = (torch.einsum("tgk,ogk->otg", x[0], q[:, 0]) - org_out).pow(2).mean(dim=1).view(min_errs.shape)
             better = err < min_errs
             min_errs[better] = err[better]
             best_max[better] = max_val[better]
         best_all.append(best_max)
     return torch.cat(best_all, dim=0).squeeze(1)  # (out, n_groups, 1)
+
+
+@torch.no_grad()
+def apply_clip(linear: nn.Linear, max_val: torch.Tensor, group_size: int = 128) -> None:
+    """Clamp ``linear.weight`` to ``±max_val`` (out, n_groups, 1) per group (the reference's ``apply_clip``)."""
+    w = linear.weight
+    out_features, in_features = w.shape
+    gs = group_size if group_size > 0 else in_features
+    g = torch.arange(in_features, device=w.device) // gs
+    bound = max_val[:, :, 0].to(w.dtype)[:, g]  # (out, in)
+    w.copy_(torch.maximum(torch.minimum(w, bound), -bound))

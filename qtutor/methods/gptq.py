@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .grid import QuantizedWeight
+
 __all__ = ["GPTQConfig", "GPTQ", "gptq_grid_params", "gptq_fake_quant"]
 
 
@@ -115,15 +117,16 @@ class GPTQ:
         )
 
     @torch.no_grad()
-    def quantize(self, config: GPTQConfig) -> dict[str, torch.Tensor]:
-        """Run GPTQ; returns ``{'weight': dequantized (out, in), 'scale', 'zero': (out, n_groups), 'g_idx': (in,)}``."""
+    def quantize(self, config: GPTQConfig) -> QuantizedWeight:
+        """Run GPTQ; returns codes, scales (out, n_groups), zero-points and ``g_idx`` (in,).
+
+        ``.dequantize()`` of the result is the reference's ``Q`` bit for bit.
+        """
         if self.nsamples == 0:
             raise ValueError(f"{self.name}: no calibration data was added (call add_batch first)")
         W = self.weight.detach().clone().float()
         rows, columns = W.shape
         gs = config.group_size or columns
-        if config.group_size is not None and columns % gs and (config.static_groups or config.act_order):
-            raise ValueError(f"{self.name}: group_size={gs} does not divide in_features={columns}")
         H = self.H.clone()
         dead = torch.diag(H) == 0
         H[dead, dead] = 1
@@ -137,36 +140,39 @@ class GPTQ:
             W, H = W[:, perm], H[perm][:, perm]
         invperm = torch.argsort(perm)
         Hinv = self._hinv(H, config.percdamp)
-        Q = torch.zeros_like(W)
+        Q = torch.zeros_like(W)  # integer codes, kept in float
         n_groups = -(-columns // gs)
         scales = torch.zeros(rows, n_groups, device=W.device)
         zeros = torch.zeros(rows, n_groups, device=W.device)
-        scale, zero = gptq_grid_params(W, config.n_bits, config.symmetric)
+        maxq = 2**config.n_bits - 1
+        scale, zero = (t[:, 0] for t in gptq_grid_params(W, config.n_bits, config.symmetric))  # (rows,)
+        g_prev = -1
         for i1 in range(0, columns, config.blocksize):
             i2 = min(i1 + config.blocksize, columns)
             W1 = W[:, i1:i2].clone()  # (rows, count)
-            Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+            Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)  # codes, scaled errors
             Hinv1 = Hinv[i1:i2, i1:i2]
             for i in range(i2 - i1):
                 col = i1 + i
-                if config.static_groups:
-                    g = int(perm[col]) // gs
-                    scale, zero = groups[g]
-                else:
-                    g = col // gs
-                    if config.group_size is not None and col % gs == 0:
+                g = int(perm[col]) // gs if config.static_groups else col // gs
+                if g != g_prev:
+                    if config.static_groups:
+                        scale, zero = (t[:, 0] for t in groups[g])
+                    elif config.group_size is not None:
                         # as the reference: from W, whose columns inside the current lazy batch
                         # do not yet carry this batch's updates
-                        scale, zero = gptq_grid_params(W[:, col:col + gs], config.n_bits, config.symmetric)
-                scales[:, g], zeros[:, g] = scale[:, 0], zero[:, 0]
-                w, d = W1[:, i], Hinv1[i, i]
-                q = gptq_fake_quant(w.unsqueeze(1), scale, zero, config.n_bits).flatten()
-                Q1[:, i] = q
-                err = (w - q) / d
-                W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+                        scale, zero = (t[:, 0] for t in gptq_grid_params(W[:, col:col + gs], config.n_bits,
+                                                                          config.symmetric))
+                    scales[:, g], zeros[:, g], g_prev = scale, zero, g
+                w = W1[:, i]
+                code = torch.round(w / scale).add_(zero).clamp_(0, maxq)
+                Q1[:, i] = code
+                err = (w - scale * (code - zero)) / Hinv1[i, i]  # gptq_fake_quant, keeping the code
+                W1[:, i:] -= torch.outer(err, Hinv1[i, i:])
                 Err1[:, i] = err
             Q[:, i1:i2] = Q1
             W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
         position = torch.arange(columns, device=W.device)
         g_idx = position // gs if config.static_groups else (position // gs)[invperm]
-        return {"weight": Q[:, invperm], "scale": scales, "zero": zeros, "g_idx": g_idx.to(torch.int32)}
+        return QuantizedWeight(Q[:, invperm].to(torch.uint8), scales, zeros.to(torch.uint8),
+                               g_idx.to(torch.int32), config.n_bits, config.group_size)

@@ -27,8 +27,17 @@ def test_pseudo_quantize_matches_formula():
     # so the grid is {0, 1, 2, 3}: 0.5 rounds to 0 and 3.5 clips to 3
     q = pseudo_quantize_tensor(w, n_bits=2, group_size=4)
     assert torch.equal(q, torch.tensor([[0.0, 1.0, 2.0, 3.0]]))
-    with pytest.raises(ValueError, match="group_size=3"):
-        pseudo_quantize_tensor(torch.randn(2, 8), group_size=3)
+
+
+
+def test_short_last_group_is_quantized_on_its_own():
+    torch.manual_seed(0)
+    w = torch.randn(4, 10)
+    q = pseudo_quantize_tensor(w, n_bits=3, group_size=4)  # groups of 4, 4 and 2 columns
+    parts = [pseudo_quantize_tensor(w[:, a:b].contiguous(), n_bits=3, group_size=b - a) for a, b in [(0, 4), (4, 8), (8, 10)]]
+    assert torch.equal(q, torch.cat(parts, dim=1))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        pseudo_quantize_tensor(torch.tensor([[1.0, float("nan")]]), group_size=2)
 
 
 def test_scale_search_beats_rtn_and_folding_is_exact(mlp_input):

@@ -1,0 +1,50 @@
+"""``PackedLinear``: a linear layer whose weight is stored packed (GPTQ v2 layout) and used as W4A16.
+
+The buffers are the GPTQ layout without v1's off-by-one (``qweight`` (in·b/32, out),
+``qzeros`` (n_groups, out·b/32), ``scales`` (n_groups, out), ``g_idx`` (in,)), which
+is also what ``qtutor.kernels.w4a16`` reads on a GPU. On the CPU the weight is
+dequantized once and cached (the course measures accuracy there, not speed).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..methods.grid import QuantizedWeight
+from .layouts import pack_gptq, unpack_gptq
+
+__all__ = ["PackedLinear"]
+
+
+class PackedLinear(nn.Module):
+    """``y = x Ŵᵀ + b`` with ``Ŵ = scale · (q − zero)`` held packed."""
+
+    def __init__(self, qw: QuantizedWeight, bias: torch.Tensor | None = None,
+                 scale_dtype: torch.dtype = torch.float16) -> None:
+        super().__init__()
+        self.out_features, self.in_features = qw.shape
+        self.n_bits, self.group_size = qw.n_bits, qw.group_size
+        packed = pack_gptq(qw, version=2)
+        for name in ("qweight", "qzeros", "g_idx"):
+            self.register_buffer(name, packed[name])
+        self.register_buffer("scales", qw.scale.T.to(scale_dtype).contiguous())  # (n_groups, out)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self._dense: torch.Tensor | None = None
+
+    def quantized_weight(self) -> QuantizedWeight:
+        qw = unpack_gptq({"qweight": self.qweight, "qzeros": self.qzeros, "scales": self.scales,
+                          "g_idx": self.g_idx}, self.n_bits, self.group_size, version=2)
+        qw.scale = self.scales.float().T.contiguous()
+        return qw
+
+    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        if self._dense is None or self._dense.dtype != dtype or self._dense.device != self.qweight.device:
+            self._dense = self.quantized_weight().to(self.qweight.device).dequantize(dtype)
+        return self._dense
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, n_bits={self.n_bits}, group_size={self.group_size}"
