@@ -119,9 +119,10 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu") -> nn
     config = AutoConfig.for_model(**raw)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    linears = list(decoder_linears(model))
     with safe_open(str(folder / "model.safetensors"), framework="pt", device="cpu") as f:
         keys = set(f.keys())
-        for name, lin in decoder_linears(model).items():
+        for name in linears:
             part = {k[len(name) + 1:]: f.get_tensor(k) for k in keys if k.startswith(name + ".")}
             if not part:
                 raise KeyError(f"{folder}: no tensors for {name}")
@@ -134,10 +135,13 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu") -> nn
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, PackedLinear(qw, part.get("bias"), scale_dtype=part.get(
                 "scales", part.get("weight_scale")).dtype))
-        rest = {k: f.get_tensor(k) for k in keys if not any(k.startswith(n + ".") for n in decoder_linears(model))}
+        packed = {k for k in keys for n in linears if k.startswith(n + ".")}
+        rest = {k: f.get_tensor(k) for k in keys - packed}
     model.load_state_dict(rest, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.tie_weights()
+    rotary = model.model.rotary_emb  # its inv_freq is computed, not saved
+    model.model.rotary_emb = type(rotary)(config=config)
     meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if meta:
         raise ValueError(f"{folder}: tensors missing from the checkpoint, e.g. {meta[0]}")

@@ -26,7 +26,7 @@ from .sequential import (
     collect_linear_inputs, run_block,
 )
 
-__all__ = ["AWQConfig", "awq_quantize_model", "fold_scales_into_linear"]
+__all__ = ["AWQConfig", "awq_quantize_model", "awq_search_and_fold", "fold_scales_into_linear"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> Cal
 
 
 @torch.no_grad()
-def _awq_block(block: nn.Module, inputs: BlockInputs, config: AWQConfig) -> dict[str, float]:
+def awq_search_and_fold(block: nn.Module, inputs: BlockInputs, config: AWQConfig) -> dict[str, float]:
     """Search, fold and clip one block in place; returns the chosen α per scaled group."""
     names = sum(LLAMA_SEQUENTIAL_GROUPS, ())
     feats: dict[str, list[torch.Tensor]] = {n: [] for n in names}
@@ -131,7 +131,7 @@ def awq_quantize_model(
     for i in block_progress(len(source), "AWQ", progress):
         block = source.load(i)
         next_hidden = run_block(block, inputs)
-        for n, a in _awq_block(block, inputs, config).items():
+        for n, a in awq_search_and_fold(block, inputs, config).items():
             alphas[f"model.layers.{i}.{n}"] = a
         for n in sum(LLAMA_SEQUENTIAL_GROUPS, ()):
             weight = block.get_submodule(n).weight
