@@ -110,14 +110,14 @@ def search_clip(
         wb = w[b:b + batch]
         org_max = wb.abs().amax(dim=-1, keepdim=True)  # (ob, 1, n_groups, 1)
         best_max = org_max.clone()
-        min_errs = torch.full_like(org_max, 1e9)
+        min_errs = torch.full(org_max.shape, float("inf"), device=w.device)  # float32: 1e9 overflows fp16
         # (ob, tokens, n_groups): the reference's (x * w).sum(-1), as one batched matmul per group
         org_out = torch.einsum("tgk,ogk->otg", x[0], wb[:, 0])
         for i_s in range(int(max_shrink * n_grid)):
             max_val = org_max * (1 - i_s / n_grid)
             cur = torch.clamp(wb, -max_val, max_val)
             q = pseudo_quantize_tensor(cur.reshape(-1, gs), n_bits, gs).reshape(cur.shape)  # (ob, 1, n_groups, gs)
-            err = (torch.einsum("tgk,ogk->otg", x[0], q[:, 0]) - org_out).pow(2).mean(dim=1).view(min_errs.shape)
+            err = (torch.einsum("tgk,ogk->otg", x[0], q[:, 0]) - org_out).float().pow(2).mean(dim=1).view(min_errs.shape)
             better = err < min_errs
             min_errs[better] = err[better]
             best_max[better] = max_val[better]
