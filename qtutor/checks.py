@@ -15,7 +15,8 @@ from .primitives import PerChannel, PerGroup, PerTensor, QuantSpec, choose_qpara
 __all__ = [
     "CheckFailed", "compare", "check_memory_gb", "check_quantize_asym", "check_group_fake_quant",
     "check_clip_search", "check_outlier_dims", "check_smooth_scales", "check_int8_decomposition",
-    "check_nf4_block", "check_q8_0_encoder", "check_k4_scale_packing",
+    "check_nf4_block", "check_q8_0_encoder", "check_k4_scale_packing", "check_gptq_column_step",
+    "check_awq_scale_search",
 ]
 
 
@@ -319,3 +320,94 @@ def check_k4_scale_packing(fn: Callable) -> None:
         raise CheckFailed("sub-blocks 4-7 are wrong: their low 4 bits go to bytes 8-11 (scale low nibble, min high "
                           "nibble) and their top 2 bits to bits 6-7 of bytes 0-3 (scales) and 4-7 (mins)")
     raise CheckFailed("sub-blocks 0-3 are wrong: scale j goes to the low 6 bits of byte j, min j of byte j + 4")
+
+
+# --- 07: GPTQ's column update ---------------------------------------------------------
+
+def _gptq_with_step(step: Callable, W: torch.Tensor, Hinv: torch.Tensor, scale: torch.Tensor,
+                    zero: torch.Tensor, maxq: int, blocksize: int = 16) -> torch.Tensor:
+    """GPTQ's lazy-batch loop (per-row grid) with the learner's column step inside."""
+    W = W.clone()
+    Q = torch.zeros_like(W)
+    columns = W.shape[1]
+    for i1 in range(0, columns, blocksize):
+        i2 = min(i1 + blocksize, columns)
+        W1, Err1 = W[:, i1:i2].clone(), torch.zeros(W.shape[0], i2 - i1)
+        for i in range(i2 - i1):
+            q, err = step(W1, Hinv[i1:i2, i1:i2], i, scale, zero, maxq)
+            Q[:, i1 + i], Err1[:, i] = q, err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return Q
+
+
+def check_gptq_column_step(fn: Callable) -> None:
+    """``fn(W1, Hinv1, i, scale, zero, maxq) -> (q, err)``: quantize column i, update W1[:, i:] in place."""
+    from .methods.gptq import GPTQ, GPTQConfig, gptq_fake_quant, gptq_grid_params
+
+    gen = torch.Generator().manual_seed(7)
+    W = torch.randn(24, 48, generator=gen)
+    X = torch.randn(400, 48, generator=gen) * torch.linspace(0.2, 3.0, 48)
+    g = GPTQ(W)
+    g.add_batch(X)
+    want = g.quantize(GPTQConfig(n_bits=3, group_size=None, blocksize=16)).dequantize()
+    H = g.H.clone()
+    H[range(48), range(48)] += 0.01 * torch.diag(H).mean()
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    scale, zero = (t[:, 0] for t in gptq_grid_params(W, 3, False))
+    probe = W[:, :16].clone()
+    fn(probe, Hinv[:16, :16], 0, scale, zero, 7)
+    if torch.equal(probe[:, 1:], W[:, 1:16]):
+        raise CheckFailed("W1's later columns did not change, so each column is rounded on its own, as "
+                          "round-to-nearest: spread the error of column i over columns i+1… of W1 in place "
+                          "(W1[:, i:] -= err ⊗ Hinv1[i, i:])")
+    got = _gptq_with_step(fn, W, Hinv, scale, zero, 7)
+    rtn = gptq_fake_quant(W, scale.unsqueeze(1), zero.unsqueeze(1), 3)
+    if got.shape != want.shape:
+        raise CheckFailed(f"q has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    codes = got / scale.unsqueeze(1) + zero.unsqueeze(1)
+    if not torch.allclose(codes, codes.round(), atol=1e-3):
+        raise CheckFailed("q is not on the grid: return the dequantized value scale · (code − zero), not w or a code")
+    if torch.allclose(got, rtn):
+        raise CheckFailed("you get round-to-nearest: the error of column i must be spread over columns i+1… "
+                          "of W1 (W1[:, i:] -= err ⊗ Hinv1[i, i:])")
+    if not torch.allclose(got, want, atol=1e-5):
+        err_x = ((X @ (W - got).T) ** 2).sum() / ((X @ (W - want).T) ** 2).sum()
+        raise CheckFailed(f"q differs from GPTQ's in {int((got - want).abs().gt(1e-5).sum())} places "
+                          f"(output error {float(err_x):.2f}× GPTQ's): divide the error by Hinv1[i, i] and "
+                          "subtract err ⊗ Hinv1[i, i:] — the row of the upper Cholesky factor")
+    compare("GPTQ weights", got, want, atol=1e-5)
+    _ok("column update matches qtutor's GPTQ")
+
+
+# --- 08: AWQ's scale search -------------------------------------------------------------
+
+def check_awq_scale_search(fn: Callable) -> None:
+    """``fn(linear, x, n_bits, group_size, n_grid) -> (best_ratio, scales)``, judged on ``linear(x)``."""
+    import copy
+
+    from torch import nn
+
+    from .methods.awq import search_scales
+
+    gen = torch.Generator().manual_seed(11)
+    lin = nn.Linear(128, 64, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(64, 128, generator=gen) * 0.05)
+    x = torch.randn(256, 128, generator=gen)
+    x[:, [3, 40, 77]] *= 25  # salient input channels
+    want_s, want_ratio, _ = search_scales(lin, [lin], x, 3, 32, 20)
+    learner = copy.deepcopy(lin)
+    ratio, s = fn(learner, x, 3, 32, 20)
+    if not torch.equal(learner.weight, lin.weight):
+        raise CheckFailed("the linear's weight changed: restore it after trying each ratio")
+    if abs(float(ratio) - want_ratio) > 1e-9:
+        hint = " (α = 0 is plain round-to-nearest: are the scales applied before quantizing and undone after?)" \
+            if float(ratio) == 0.0 else ""
+        raise CheckFailed(f"best ratio {float(ratio)}, expected {want_ratio}{hint}")
+    s = torch.as_tensor(s)
+    if torch.allclose(s, x.abs().mean(0).pow(want_ratio)) and not torch.allclose(s, want_s):
+        raise CheckFailed("scales not normalised: divide s by sqrt(max(s) · min(s))")
+    if not torch.allclose(s, want_s, rtol=1e-5):
+        raise CheckFailed("scales differ: s = mean|x|^α per input channel (clamped at 1e-4), then normalised")
+    compare("AWQ scales", s, want_s, rtol=1e-5)
+    _ok(f"scale search matches qtutor (α = {want_ratio})")

@@ -162,3 +162,53 @@ def test_k4_scale_packing_right_and_wrong():
         check_k4_scale_packing(no_high_bits)
     with pytest.raises(CheckFailed, match="12 bytes"):
         check_k4_scale_packing(lambda ls, lm: np.concatenate([ls, lm], axis=1))
+
+
+def _gptq_step(W1, Hinv1, i, scale, zero, maxq, propagate=True, divide=True):
+    w = W1[:, i]
+    q = scale * (torch.clamp(torch.round(w / scale) + zero, 0, maxq) - zero)
+    err = (w - q) / (Hinv1[i, i] if divide else 1.0)
+    if propagate:
+        W1[:, i:] -= torch.outer(err, Hinv1[i, i:])
+    return q, err
+
+
+def test_gptq_column_step_right_and_wrong():
+    from qtutor.checks import check_gptq_column_step
+
+    check_gptq_column_step(_gptq_step)
+    with pytest.raises(CheckFailed, match="round-to-nearest"):
+        check_gptq_column_step(lambda *a: _gptq_step(*a, propagate=False))
+    with pytest.raises(CheckFailed, match="Hinv1\\[i, i\\]"):
+        check_gptq_column_step(lambda *a: _gptq_step(*a, divide=False))
+    with pytest.raises(CheckFailed, match="not on the grid"):
+        check_gptq_column_step(lambda *a: (_gptq_step(*a)[0] + 0.01, _gptq_step(*a)[1]))
+
+
+def _awq_search(linear, x, n_bits, group_size, n_grid, normalise=True, restore=True):
+    from qtutor.methods.awq import pseudo_quantize_tensor
+
+    org, x_mean, w0 = linear(x), x.abs().mean(0), linear.weight.detach().clone()
+    best = (float("inf"), None, None)
+    for i in range(n_grid):
+        s = x_mean.pow(i / n_grid).clamp(min=1e-4)
+        if normalise:
+            s = s / (s.max() * s.min()).sqrt()
+        linear.weight.copy_(pseudo_quantize_tensor(w0 * s, n_bits, group_size) / s)
+        loss = (org - linear(x)).pow(2).mean().item()
+        if restore:
+            linear.weight.copy_(w0)
+        if loss < best[0]:
+            best = (loss, i / n_grid, s)
+    return best[1], best[2]
+
+
+@torch.no_grad()
+def test_awq_scale_search_right_and_wrong():
+    from qtutor.checks import check_awq_scale_search
+
+    check_awq_scale_search(_awq_search)
+    with pytest.raises(CheckFailed, match="restore"):
+        check_awq_scale_search(lambda *a: _awq_search(*a, restore=False))
+    with pytest.raises(CheckFailed, match="best ratio 0.0"):
+        check_awq_scale_search(lambda lin, x, *a: (0.0, torch.ones(x.shape[1])))
