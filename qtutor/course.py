@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 import random
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["setup_notebook"]
+__all__ = ["setup_notebook", "save_notebook_results", "load_notebook_results"]
 
 
 def setup_notebook(seed: int = 0, threads: int | None = 2) -> None:
@@ -24,6 +25,8 @@ def setup_notebook(seed: int = 0, threads: int | None = 2) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # progress bars (transformers, compressed-tensors) print rates that differ run to run
+    os.environ["TQDM_DISABLE"] = "1"
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -44,3 +47,29 @@ def setup_notebook(seed: int = 0, threads: int | None = 2) -> None:
     import matplotlib
 
     matplotlib.rcParams.update({"figure.figsize": (7, 3.5), "figure.dpi": 90, "axes.grid": True})
+
+
+def save_notebook_results(name: str, rows: list[dict]) -> Path:
+    """Keep a notebook's computed table for a later notebook (``<cache>/notebook-results/<name>.json``)."""
+    import datetime
+    import json
+    import platform
+
+    from .model.loading import cache_dir
+
+    path = cache_dir() / "notebook-results" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"computed_by": name, "date": datetime.date.today().isoformat(), "machine": platform.machine(),
+              "rows": rows}
+    path.write_text(json.dumps(record, indent=2))
+    return path
+
+
+def load_notebook_results(name: str) -> dict | None:
+    """The table ``save_notebook_results(name, …)`` kept, or None if that notebook has not been run here."""
+    import json
+
+    from .model.loading import cache_dir
+
+    path = cache_dir() / "notebook-results" / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None

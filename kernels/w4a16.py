@@ -1,0 +1,211 @@
+"""W4A16: fp16/bf16 activations × 4-bit weights in the GPTQ layout, dequantized inside the kernel.
+
+    y[m, n] = Σ_k x[m, k] · scale[g(k), n] · (q[k, n] − zero[g(k), n]),   g(k) = g_idx[k]
+
+The weight is what ``qtutor.formats.layouts.pack_gptq(qw, version=2)`` (and
+``PackedLinear``) holds: ``qweight`` int32 (K/8, N), eight 4-bit codes of
+consecutive input rows per word, lowest bits first; ``qzeros`` int32
+(n_groups, N/8); ``scales`` (n_groups, N) fp16/bf16; ``g_idx`` int32 (K,) — act-order
+included. Decode is memory-bound: a 4-bit weight moves a quarter of fp16's bytes,
+so the kernel's job is to read ``qweight`` once, at full bandwidth.
+
+Two kernels share one inner step (load a K-tile of codes, unpack, subtract the
+zero, scale): a **GEMV** for small M that sums products on the CUDA cores and
+splits K over programs (``tl.atomic_add`` into an fp32 buffer) so that a single
+token still fills the GPU, and a **GEMM** for larger M that feeds ``tl.dot``.
+File order: PyTorch reference, Triton kernels, launcher.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["w4a16_ref", "w4a16_matmul", "dequantize_gptq_ref"]
+
+_ACT_DTYPES = (torch.float16, torch.bfloat16)
+
+
+# ---------------------------------------------------------------- reference
+
+def dequantize_gptq_ref(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                        g_idx: torch.Tensor) -> torch.Tensor:
+    """The dense (K, N) weight of a 4-bit GPTQ-v2 layer, in ``scales.dtype`` via float32."""
+    shifts = torch.arange(0, 32, 4, device=qweight.device, dtype=torch.int32)
+    q = (qweight.unsqueeze(1) >> shifts.view(1, 8, 1)) & 0xF  # (K/8, 8, N)
+    q = q.reshape(-1, qweight.shape[1])  # (K, N)
+    z = (qzeros.unsqueeze(2) >> shifts.view(1, 1, 8)) & 0xF  # (G, N/8, 8)
+    z = z.reshape(qzeros.shape[0], -1)  # (G, N)
+    g = g_idx.long()
+    w = (q.float() - z[g].float()) * scales[g].float()
+    return w.to(scales.dtype)
+
+
+def w4a16_ref(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+              g_idx: torch.Tensor) -> torch.Tensor:
+    """``x`` (M, K) @ dequantized (K, N), accumulated in float32, returned in ``x.dtype``."""
+    w = dequantize_gptq_ref(qweight, qzeros, scales, g_idx)
+    return (x.float() @ w.float()).to(x.dtype)
+
+
+# ------------------------------------------------------------------- kernels
+
+@triton.jit
+def _dequant_tile(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, K, N,
+                  stride_qk, stride_zg, stride_sg,
+                  BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_SIZE: tl.constexpr):
+    """(BLOCK_K, BLOCK_N) float32 weights for input rows k0 … k0+BLOCK_K−1 and output columns ``offs_n``.
+
+    ``GROUP_SIZE > 0``: groups are contiguous and a tile lies inside one group, so one
+    row of scales and zero-points serves the whole tile. ``GROUP_SIZE == 0``: act-order,
+    the group of every row comes from ``g_idx``.
+    """
+    mask_n = offs_n < N
+    # ---- codes: read each int32 word once, unpack its 8 rows with shifts
+    offs_w = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    words = tl.load(qweight_ptr + offs_w[:, None] * stride_qk + offs_n[None, :],
+                    mask=(offs_w[:, None] < K // 8) & mask_n[None, :], other=0)  # (BLOCK_K/8, BLOCK_N)
+    shifts = tl.arange(0, 8) * 4
+    q = (words[:, None, :] >> shifts[None, :, None]) & 0xF  # (BLOCK_K/8, 8, BLOCK_N)
+    q = tl.reshape(q, (BLOCK_K, BLOCK_N))
+    if GROUP_SIZE > 0:
+        g = tl.minimum(k0, K - 1) // GROUP_SIZE  # a split-K tile may start past K: stay on a real group
+        zwords = tl.load(qzeros_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
+        z = (zwords >> ((offs_n % 8) * 4)) & 0xF  # (BLOCK_N,)
+        s = tl.load(scales_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
+        return (q - z[None, :]).to(tl.float32) * s[None, :].to(tl.float32)
+    else:
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask = (offs_k < K)[:, None] & mask_n[None, :]
+        g = tl.load(g_idx_ptr + offs_k, mask=offs_k < K, other=0)
+        zwords = tl.load(qzeros_ptr + g[:, None] * stride_zg + (offs_n // 8)[None, :], mask=mask, other=0)
+        z = (zwords >> ((offs_n % 8) * 4)[None, :]) & 0xF
+        s = tl.load(scales_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=mask, other=0.0)
+        return (q - z).to(tl.float32) * s.to(tl.float32)
+
+
+@triton.jit
+def _w4a16_gemv_kernel(
+    # pointers
+    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, acc_ptr,
+    # sizes
+    M, N, K,
+    # strides
+    stride_xm, stride_qk, stride_zg, stride_sg, stride_am,
+    # meta-parameters
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM: tl.constexpr, GROUP_SIZE: tl.constexpr,
+):
+    """One output row ``m``, BLOCK_N columns, a slice of K_PER_PROGRAM inputs; atomically added into fp32."""
+    m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k1 in range(0, K_PER_PROGRAM, BLOCK_K):
+        k0 = pid_k * K_PER_PROGRAM + k1
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + m * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+        w = _dequant_tile(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, K, N,
+                          stride_qk, stride_zg, stride_sg, BLOCK_K, BLOCK_N, GROUP_SIZE)
+        acc += tl.sum(x[:, None] * w, axis=0)
+    tl.atomic_add(acc_ptr + m * stride_am + offs_n, acc, mask=offs_n < N)
+
+
+@triton.jit
+def _w4a16_gemm_kernel(
+    # pointers
+    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, out_ptr,
+    # sizes
+    M, N, K,
+    # strides
+    stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
+    # meta-parameters
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """A (BLOCK_M, BLOCK_N) output tile: dequantize a K-tile of weights, ``tl.dot`` with fp16/bf16 inputs."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+        w = _dequant_tile(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, K, N,
+                          stride_qk, stride_zg, stride_sg, BLOCK_K, BLOCK_N, GROUP_SIZE)
+        if DOT_FP32:  # the interpreter only: its bf16 x bf16 tl.dot is wrong (triton 3.8); bf16 values are exact in fp32
+            acc += tl.dot(x.to(tl.float32), w.to(x.dtype).to(tl.float32))
+        else:
+            acc += tl.dot(x, w.to(x.dtype))
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------ launcher
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                 g_idx: torch.Tensor, group_size: int | None = None, gemv_max_m: int = 8) -> torch.Tensor:
+    """``x`` (M, K) fp16/bf16 @ the 4-bit GPTQ-v2 weight -> (M, N) in ``x.dtype``.
+
+    Rows M ≤ ``gemv_max_m`` take the split-K GEMV, larger M the ``tl.dot`` GEMM.
+    ``group_size``: the layer's group size when ``g_idx`` is plain ``k // group_size``
+    (skips checking ``g_idx``); 0 forces the act-order path; None inspects ``g_idx``.
+    """
+    _check(x.dtype in _ACT_DTYPES, f"x must be float16 or bfloat16, got {x.dtype}")
+    _check(x.ndim == 2, f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
+    _check(qweight.dtype == torch.int32 and qzeros.dtype == torch.int32 and g_idx.dtype == torch.int32,
+           f"qweight, qzeros and g_idx must be int32, got {qweight.dtype}, {qzeros.dtype}, {g_idx.dtype}")
+    _check(scales.dtype in _ACT_DTYPES, f"scales must be float16 or bfloat16, got {scales.dtype}")
+    M, K = x.shape
+    N = qweight.shape[1]
+    _check(qweight.shape[0] * 8 == K, f"qweight has {qweight.shape[0]} rows of 8 codes; x has K={K}")
+    _check(N % 8 == 0 and qzeros.shape[1] * 8 == N, f"qzeros {tuple(qzeros.shape)} does not pack N={N} zero-points")
+    _check(scales.shape == (qzeros.shape[0], N), f"scales {tuple(scales.shape)} must be (n_groups={qzeros.shape[0]}, N={N})")
+    _check(g_idx.shape == (K,), f"g_idx must have K={K} entries, got {tuple(g_idx.shape)}")
+    for name, t in (("x", x), ("qweight", qweight), ("qzeros", qzeros), ("scales", scales), ("g_idx", g_idx)):
+        _check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
+        _check(t.stride(-1) == 1, f"{name} must be contiguous in its last dimension")
+    # contiguous groups (no act-order) let a tile share one row of scales: find the group size
+    n_groups = scales.shape[0]
+    group = int((g_idx == 0).sum()) if n_groups > 1 and group_size is None else K
+    contiguous = torch.equal(g_idx, torch.arange(K, device=g_idx.device, dtype=torch.int32) // group) \
+        if group_size is None else group_size > 0
+    if group_size is not None and group_size > 0:
+        group = group_size
+    BLOCK_K = 64 if group % 64 == 0 else 32 if group % 32 == 0 else 16 if group % 16 == 0 else 8
+    GROUP_SIZE = group if contiguous and group % 8 == 0 else 0
+    if GROUP_SIZE == 0:
+        BLOCK_K = 64
+    if M <= gemv_max_m:
+        BLOCK_N = 128
+        # enough K-slices that ~4 programs per SM run even for one token
+        n_tiles = triton.cdiv(N, BLOCK_N)
+        split = max(1, min(triton.cdiv(K, BLOCK_K), triton.cdiv(528, n_tiles * M)))
+        k_per = triton.cdiv(triton.cdiv(K, split), BLOCK_K) * BLOCK_K
+        split = triton.cdiv(K, k_per)
+        acc = torch.zeros(M, N, device=x.device, dtype=torch.float32)
+        _w4a16_gemv_kernel[(M, n_tiles, split)](
+            x, qweight, qzeros, scales, g_idx, acc, M, N, K,
+            x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), acc.stride(0),
+            BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, GROUP_SIZE=GROUP_SIZE,
+        )
+        return acc.to(x.dtype)
+    out = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    BLOCK_M, BLOCK_N = (16, 64) if M <= 16 else (32, 64) if M <= 32 else (64, 128)
+    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
+    _w4a16_gemm_kernel[grid](
+        x, qweight, qzeros, scales, g_idx, out, M, N, K,
+        x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_SIZE=GROUP_SIZE,
+        DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16,
+    )
+    return out

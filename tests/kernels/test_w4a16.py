@@ -1,0 +1,94 @@
+"""The W4A16 Triton kernels against their PyTorch reference (interpreter on CPU, compiled on GPU)."""
+import pytest
+import torch
+
+from qtutor.formats.layouts import pack_gptq
+from qtutor.kernels.w4a16 import dequantize_gptq_ref, w4a16_matmul, w4a16_ref
+from qtutor.methods.grid import QuantizedWeight, rtn_grid_quantize
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# (M, K, N): M=1…3 take the GEMV, 17 and 70 the GEMM; K and N off the block grid
+SHAPES = [(1, 64, 64), (3, 200, 72), (1, 576, 192), (17, 136, 264), (70, 256, 128)]
+RTOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # relative to the output's max: fp16/bf16 inputs and one final cast
+
+
+def _packed(K, N, group_size, dtype, act_order=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    qw = rtn_grid_quantize(torch.randn(N, K, generator=gen), 4, group_size)
+    if act_order:  # GPTQ's act-order: groups follow a permutation of the input columns
+        perm = torch.randperm(K, generator=gen)
+        qw = QuantizedWeight(qw.q, qw.scale, qw.zero, qw.g_idx[perm].contiguous(), 4, group_size)
+    p = pack_gptq(qw, version=2)
+    p["scales"] = p["scales"].to(dtype)
+    return qw, {k: v.to(DEVICE) for k, v in p.items()}
+
+
+def _rel(a, b):
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+def _ids(s):
+    return "x".join(map(str, s))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("act_order", [False, True], ids=["ordered", "act-order"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_w4a16_matches_reference(shape, act_order, dtype):
+    M, K, N = shape
+    qw, p = _packed(K, N, 64, dtype, act_order)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
+    got = w4a16_matmul(x, p["qweight"], p["qzeros"], p["scales"], p["g_idx"])
+    want = w4a16_ref(x, p["qweight"], p["qzeros"], p["scales"], p["g_idx"])
+    assert got.dtype == dtype and got.shape == (M, N)
+    assert _rel(got, want) < RTOL[dtype]
+
+
+def test_reference_dequantizes_the_packed_weight():
+    qw, p = _packed(200, 72, 64, torch.float16, act_order=True)
+    dense = dequantize_gptq_ref(p["qweight"].cpu(), p["qzeros"].cpu(), p["scales"].float().cpu(), p["g_idx"].cpu())
+    scale16 = QuantizedWeight(qw.q, p["scales"].float().cpu().T.contiguous(), qw.zero, qw.g_idx, 4, 64)
+    assert torch.equal(dense, scale16.dequantize().T)
+
+
+def test_gemv_and_gemm_agree():
+    _, p = _packed(256, 128, 128, torch.float16)
+    x = torch.randn(8, 256).half().to(DEVICE)
+    gemv = w4a16_matmul(x, p["qweight"], p["qzeros"], p["scales"], p["g_idx"], gemv_max_m=8)
+    gemm = w4a16_matmul(x, p["qweight"], p["qzeros"], p["scales"], p["g_idx"], gemv_max_m=0)
+    assert _rel(gemv, gemm) < 2e-3
+
+
+def test_bad_input_is_reported():
+    _, p = _packed(64, 64, 64, torch.float16)
+    args = (p["qweight"], p["qzeros"], p["scales"], p["g_idx"])
+    x = torch.randn(2, 64).half().to(DEVICE)
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        w4a16_matmul(x.float(), *args)
+    with pytest.raises(ValueError, match="K=72"):
+        w4a16_matmul(torch.randn(2, 72).half().to(DEVICE), *args)
+    with pytest.raises(ValueError, match="contiguous"):
+        w4a16_matmul(torch.randn(64, 2).half().to(DEVICE).T, *args)
+    with pytest.raises(ValueError, match="g_idx must have K=64"):
+        w4a16_matmul(x, p["qweight"], p["qzeros"], p["scales"], p["g_idx"][:10])
+    with pytest.raises(ValueError, match="int32"):
+        w4a16_matmul(x, p["qweight"].long(), p["qzeros"], p["scales"], p["g_idx"])
+
+
+@pytest.mark.parametrize("group_size", [None, 64, 0], ids=["inspect-g_idx", "given", "act-order-path"])
+def test_group_paths_agree(group_size):
+    _, p = _packed(200, 72, 64, torch.float16)
+    x = torch.randn(3, 200).half().to(DEVICE)
+    want = w4a16_ref(x, p["qweight"], p["qzeros"], p["scales"], p["g_idx"])
+    got = w4a16_matmul(x, p["qweight"], p["qzeros"], p["scales"], p["g_idx"], group_size=group_size)
+    assert _rel(got, want) < RTOL[torch.float16]
+
+
+def test_split_k_tail_past_k_reads_no_garbage():
+    """M=4, K=4096: the last K-slice of the GEMV starts beyond K; its scales must not be read out of bounds."""
+    _, p = _packed(4096, 64, 128, torch.float16)
+    p["scales"] = torch.cat([p["scales"], torch.full_like(p["scales"][:1], float("nan"))])[:-1]  # same shape
+    x = torch.randn(4, 4096).half().to(DEVICE)
+    got = w4a16_matmul(x, p["qweight"], p["qzeros"], p["scales"], p["g_idx"], group_size=128)
+    assert torch.isfinite(got).all()
+    assert _rel(got, w4a16_ref(x, p["qweight"], p["qzeros"], p["scales"], p["g_idx"])) < RTOL[torch.float16]
