@@ -122,16 +122,21 @@ def _w4a16_gemm_kernel(
     # strides
     stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
     # meta-parameters
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_SIZE: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
-    """A (BLOCK_M, BLOCK_N) output tile: dequantize a K-tile of weights, ``tl.dot`` with fp16/bf16 inputs."""
+    """A (BLOCK_M, BLOCK_N) output tile over one K-slice: dequantize K-tiles of weights, ``tl.dot``.
+
+    ``SPLIT_K > 1``: the slices are atomically added into an fp32 ``out``; otherwise stored.
+    """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k1 in range(0, K_PER_PROGRAM, BLOCK_K):
+        k0 = pid_k * K_PER_PROGRAM + k1
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
@@ -142,7 +147,10 @@ def _w4a16_gemm_kernel(
         else:
             acc += tl.dot(x, w.to(x.dtype))
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+    if SPLIT_K > 1:
+        tl.atomic_add(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc, mask=mask)
+    else:
+        tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ------------------------------------------------------------------ launcher
@@ -152,14 +160,29 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def _split(K: int, block_k: int, tiles: int, target_programs: int) -> tuple[int, int]:
+    """(K per program, number of K-slices) so that about ``target_programs`` programs run."""
+    split = max(1, min(triton.cdiv(K, block_k), triton.cdiv(target_programs, tiles)))
+    k_per = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
+    return k_per, triton.cdiv(K, k_per)
+
+
+# launch parameters, chosen on an H100 with benchmarks/bench_w4a16.py (see benchmarks/results/w4a16_h100.json)
+GEMV = {"block_n": 128, "block_k": 64, "target_programs": 528, "num_warps": 4}
+GEMM = {"block_n": 64, "block_k": 128, "target_programs": 264, "num_warps": 4}
+
+
 def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
-                 g_idx: torch.Tensor, group_size: int | None = None, gemv_max_m: int = 8) -> torch.Tensor:
+                 g_idx: torch.Tensor, group_size: int | None = None, gemv_max_m: int = 1,
+                 gemv: dict | None = None, gemm: dict | None = None) -> torch.Tensor:
     """``x`` (M, K) fp16/bf16 @ the 4-bit GPTQ-v2 weight -> (M, N) in ``x.dtype``.
 
-    Rows M ≤ ``gemv_max_m`` take the split-K GEMV, larger M the ``tl.dot`` GEMM.
+    Rows M ≤ ``gemv_max_m`` take the split-K GEMV, larger M the split-K ``tl.dot`` GEMM.
     ``group_size``: the layer's group size when ``g_idx`` is plain ``k // group_size``
     (skips checking ``g_idx``); 0 forces the act-order path; None inspects ``g_idx``.
+    ``gemv``/``gemm`` override the launch parameters (for tuning).
     """
+    gemv, gemm = {**GEMV, **(gemv or {})}, {**GEMM, **(gemm or {})}
     _check(x.dtype in _ACT_DTYPES, f"x must be float16 or bfloat16, got {x.dtype}")
     _check(x.ndim == 2, f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
     _check(qweight.dtype == torch.int32 and qzeros.dtype == torch.int32 and g_idx.dtype == torch.int32,
@@ -181,31 +204,39 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
         if group_size is None else group_size > 0
     if group_size is not None and group_size > 0:
         group = group_size
-    BLOCK_K = 64 if group % 64 == 0 else 32 if group % 32 == 0 else 16 if group % 16 == 0 else 8
-    GROUP_SIZE = group if contiguous and group % 8 == 0 else 0
-    if GROUP_SIZE == 0:
-        BLOCK_K = 64
+    GROUP_SIZE = group if contiguous and group % 16 == 0 else 0  # tl.dot needs K-tiles of at least 16
     if M <= gemv_max_m:
-        BLOCK_N = 128
-        # enough K-slices that ~4 programs per SM run even for one token
+        BLOCK_N, BLOCK_K = gemv["block_n"], _block_k(gemv["block_k"], GROUP_SIZE)
         n_tiles = triton.cdiv(N, BLOCK_N)
-        split = max(1, min(triton.cdiv(K, BLOCK_K), triton.cdiv(528, n_tiles * M)))
-        k_per = triton.cdiv(triton.cdiv(K, split), BLOCK_K) * BLOCK_K
-        split = triton.cdiv(K, k_per)
+        k_per, split = _split(K, BLOCK_K, n_tiles * M, gemv["target_programs"])
         acc = torch.zeros(M, N, device=x.device, dtype=torch.float32)
         _w4a16_gemv_kernel[(M, n_tiles, split)](
             x, qweight, qzeros, scales, g_idx, acc, M, N, K,
             x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), acc.stride(0),
             BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, GROUP_SIZE=GROUP_SIZE,
+            num_warps=gemv["num_warps"],
         )
         return acc.to(x.dtype)
-    out = torch.empty(M, N, device=x.device, dtype=x.dtype)
-    BLOCK_M, BLOCK_N = (16, 64) if M <= 16 else (32, 64) if M <= 32 else (64, 128)
-    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
-    _w4a16_gemm_kernel[grid](
+    BLOCK_M = 16 if M <= 16 else 32 if M <= 32 else 64
+    BLOCK_N, BLOCK_K = gemm["block_n"], _block_k(gemm["block_k"], GROUP_SIZE)
+    tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
+    k_per, split = _split(K, BLOCK_K, tiles, gemm["target_programs"])
+    out = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else \
+        torch.empty(M, N, device=x.device, dtype=x.dtype)
+    _w4a16_gemm_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
         x, qweight, qzeros, scales, g_idx, out, M, N, K,
         x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_SIZE=GROUP_SIZE,
-        DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, SPLIT_K=split,
+        GROUP_SIZE=GROUP_SIZE, DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16,
+        num_warps=gemm["num_warps"],
     )
-    return out
+    return out.to(x.dtype) if split > 1 else out
+
+
+def _block_k(block_k: int, group: int) -> int:
+    """The largest power-of-two tile ≤ ``block_k`` that divides the group (a tile must not straddle two)."""
+    if group == 0:
+        return min(block_k, 64)
+    while block_k > 8 and group % block_k:
+        block_k //= 2
+    return block_k
