@@ -16,7 +16,7 @@ __all__ = [
     "CheckFailed", "compare", "check_memory_gb", "check_quantize_asym", "check_group_fake_quant",
     "check_clip_search", "check_outlier_dims", "check_smooth_scales", "check_int8_decomposition",
     "check_nf4_block", "check_q8_0_encoder", "check_k4_scale_packing", "check_gptq_column_step",
-    "check_awq_scale_search",
+    "check_awq_scale_search", "check_dequant_gemv",
 ]
 
 
@@ -411,3 +411,37 @@ def check_awq_scale_search(fn: Callable) -> None:
         raise CheckFailed("scales differ: s = mean|x|^α per input channel (clamped at 1e-4), then normalised")
     compare("AWQ scales", s, want_s, rtol=1e-5)
     _ok(f"scale search matches qtutor (α = {want_ratio})")
+
+
+# --- 11: a dequantize-GEMV in Triton --------------------------------------------------
+
+def check_dequant_gemv(fn: Callable) -> None:
+    """``fn(x (K,) fp32, qweight, qzeros, scales fp32, group_size) -> y (N,)``: the 4-bit GPTQ-v2 GEMV."""
+    from .formats.layouts import pack_gptq
+    from .methods.grid import rtn_grid_quantize
+
+    gen = torch.Generator().manual_seed(5)
+    K, N, gs = 96, 48, 32
+    qw = rtn_grid_quantize(torch.randn(N, K, generator=gen), 4, gs)
+    p = pack_gptq(qw, version=2)
+    scales = qw.scale.T.contiguous()  # (n_groups, N) float32
+    x = torch.randn(K, generator=gen)
+    want = qw.dequantize() @ x
+    got = torch.as_tensor(fn(x, p["qweight"], p["qzeros"], scales, gs)).float().flatten()
+    if got.shape != want.shape:
+        raise CheckFailed(f"y has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    q = qw.q.float()
+    g = qw.g_idx.long()
+    wrong = {
+        "the codes are read from the wrong nibbles: row k sits at bits 4·(k % 8) of word k // 8, lowest first":
+            (qw.scale[:, g] * (q.reshape(N, -1, 8).flip(-1).reshape(N, K) - qw.zero.float()[:, g])) @ x,
+        "the zero-point is not subtracted: w = scale · (q − zero)": (qw.scale[:, g] * q) @ x,
+        "the scale is missing: w = scale · (q − zero)": (q - qw.zero.float()[:, g]) @ x,
+    }
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+        for hint, value in wrong.items():
+            if torch.allclose(got, value, rtol=1e-4, atol=1e-4):
+                raise CheckFailed(hint)
+        raise CheckFailed(f"y differs from the reference by up to {float((got - want).abs().max()):.3g}")
+    compare("dequant-GEMV", got, want, rtol=1e-4, atol=1e-4)
+    _ok("unpack-and-scale matches the reference")

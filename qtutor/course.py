@@ -25,8 +25,15 @@ def setup_notebook(seed: int = 0, threads: int | None = 2) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # progress bars (transformers, compressed-tensors) print rates that differ run to run
-    os.environ["TQDM_DISABLE"] = "1"
+    # progress bars (compressed-tensors' loaders) print rates that differ run to run, and nbval
+    # compares every output; tqdm reads TQDM_DISABLE only when first imported, so switch it off here
+    import functools
+
+    import tqdm
+
+    if not getattr(tqdm.std.tqdm, "_qtutor_quiet", False):
+        tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
+        tqdm.std.tqdm._qtutor_quiet = True
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

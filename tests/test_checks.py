@@ -212,3 +212,28 @@ def test_awq_scale_search_right_and_wrong():
         check_awq_scale_search(lambda *a: _awq_search(*a, restore=False))
     with pytest.raises(CheckFailed, match="best ratio 0.0"):
         check_awq_scale_search(lambda lin, x, *a: (0.0, torch.ones(x.shape[1])))
+
+
+def _gemv(x, qweight, qzeros, scales, group_size, flip=False, zero=True, scale=True):
+    K, N = x.shape[0], qweight.shape[1]
+    shifts = torch.arange(0, 32, 4)
+    if flip:
+        shifts = shifts.flip(0)
+    q = ((qweight.unsqueeze(1) >> shifts.view(1, 8, 1)) & 0xF).reshape(K, N).float()
+    z = ((qzeros.unsqueeze(2) >> torch.arange(0, 32, 4).view(1, 1, 8)) & 0xF).reshape(qzeros.shape[0], N).float()
+    g = torch.arange(K) // group_size
+    w = q - z[g] if zero else q
+    w = w * scales[g] if scale else w
+    return x @ w
+
+
+def test_dequant_gemv_right_and_wrong():
+    from qtutor.checks import check_dequant_gemv
+
+    check_dequant_gemv(_gemv)
+    with pytest.raises(CheckFailed, match="wrong nibbles"):
+        check_dequant_gemv(lambda *a: _gemv(*a, flip=True))
+    with pytest.raises(CheckFailed, match="zero-point"):
+        check_dequant_gemv(lambda *a: _gemv(*a, zero=False))
+    with pytest.raises(CheckFailed, match="scale is missing"):
+        check_dequant_gemv(lambda *a: _gemv(*a, scale=False))
