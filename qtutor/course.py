@@ -25,14 +25,18 @@ def setup_notebook(seed: int = 0, threads: int | None = 2) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # progress bars (compressed-tensors' loaders) print rates that differ run to run, and nbval
-    # compares every output; tqdm reads TQDM_DISABLE only when first imported, so switch it off here
-    import functools
-
+    # progress bars (transformers' and compressed-tensors' loaders) print rates that differ run to
+    # run, and nbval compares every output; some callers pass disable=False explicitly, so force it
     import tqdm
 
     if not getattr(tqdm.std.tqdm, "_qtutor_quiet", False):
-        tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
+        loud_init = tqdm.std.tqdm.__init__
+
+        def quiet_init(self, *args, **kwargs):
+            kwargs["disable"] = True
+            loud_init(self, *args, **kwargs)
+
+        tqdm.std.tqdm.__init__ = quiet_init
         tqdm.std.tqdm._qtutor_quiet = True
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
