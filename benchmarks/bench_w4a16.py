@@ -18,26 +18,22 @@ import argparse
 import datetime
 import json
 import platform
+import sys
+from pathlib import Path
 
 import torch
 import triton
 from triton.testing import do_bench, do_bench_cudagraph
 
-from qtutor.kernels import w4a16
-from qtutor.kernels.w4a16 import w4a16_matmul, w4a16_ref
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_w8a8 import copy_bandwidth  # noqa: E402  (the same 1 GiB copy measurement)
+from qtutor.kernels import w4a16  # noqa: E402
+from qtutor.kernels.w4a16 import w4a16_matmul, w4a16_ref  # noqa: E402
 
 SHAPES = [(4096, 4096), (8192, 8192), (8192, 28672), (4096, 14336), (14336, 4096)]  # (K, N)
 MS = [1, 4, 16, 64, 256]
 GROUP = 128
 BLOCK_8B = [(4096, 4096), (4096, 1024), (4096, 1024), (4096, 4096), (4096, 14336), (4096, 14336), (14336, 4096)]
-
-
-def copy_bandwidth() -> float:
-    """Bytes read + written per second of a 1 GiB device-to-device copy."""
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), warmup=50, rep=200, return_mode="median")
-    return 2 * src.numel() / (ms * 1e-3)
 
 
 def random_w4(K: int, N: int) -> dict:

@@ -2,9 +2,10 @@
 
 Layers, bottom to top: ``qtutor.primitives`` (pure tensor functions),
 ``qtutor.methods`` (RTN, and the papers' methods), ``qtutor.model`` (loading the
-real model, walking and quantizing its layers), ``qtutor.eval`` and
-``qtutor.data``; Triton kernels in ``qtutor.kernels``; exercise checkers in
-``qtutor.checks``.
+real model, walking and quantizing its layers), ``qtutor.pipeline`` (block-by-block
+GPTQ/AWQ over a whole model), ``qtutor.formats`` and ``qtutor.gguf`` (checkpoint
+layouts other tools read), ``qtutor.eval`` and ``qtutor.data``; Triton kernels in
+``qtutor.kernels``; exercise checkers in ``qtutor.checks``.
 """
 __version__ = "0.1.0"
 
