@@ -2,6 +2,10 @@
 
     python benchmarks/quality_table.py --device cuda --out benchmarks/results/weight_only_quality.json
 
+or in two commands (each under the GPU's 10-minute limit) into the same file, the
+second keeping the first's half: ``--part table`` then ``--part domains``. The
+recorded ``weight_only_quality_h100.json`` holds both halves, with both commands and dates.
+
 Too slow for CI on a 2-core CPU (about an hour), so notebook 08 loads the JSON as a
 recorded result and recomputes a subset live. float32 on either device. Calibration: 8 windows × 512 tokens
 (seed 0) of the named corpus' calibration split; perplexity on the first 20
