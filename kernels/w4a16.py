@@ -53,37 +53,28 @@ def w4a16_ref(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scal
 # ------------------------------------------------------------------- kernels
 
 @triton.jit
-def _dequant_tile(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, K, N,
-                  stride_qk, stride_zg, stride_sg,
-                  BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_SIZE: tl.constexpr):
-    """(BLOCK_K, BLOCK_N) float32 weights for input rows k0 … k0+BLOCK_K−1 and output columns ``offs_n``.
+def _biased(codes, DTYPE: tl.constexpr):
+    """4-bit ``codes`` (int32, 0…15) as the exact float ``B + code`` without an int→float conversion.
 
-    ``GROUP_SIZE > 0``: groups are contiguous and a tile lies inside one group, so one
-    row of scales and zero-points serves the whole tile. ``GROUP_SIZE == 0``: act-order,
-    the group of every row comes from ``g_idx``.
+    OR-ing the code into the low mantissa bits of ``B`` (2²³ in float32, 1024 in
+    float16, where the spacing is 1) and reinterpreting the bits is two integer
+    instructions; ``cvt`` runs at a quarter of the rate. ``_biased(q) − _biased(z)``
+    is ``q − z`` exactly. DTYPE is float32 or float16 (bfloat16 tiles are made in
+    float32: the interpreter of triton 3.8 mis-reads bits reinterpreted as bf16).
     """
-    mask_n = offs_n < N
-    # ---- codes: read each int32 word once, unpack its 8 rows with shifts
-    offs_w = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-    words = tl.load(qweight_ptr + offs_w[:, None] * stride_qk + offs_n[None, :],
-                    mask=(offs_w[:, None] < K // 8) & mask_n[None, :], other=0)  # (BLOCK_K/8, BLOCK_N)
-    shifts = tl.arange(0, 8) * 4
-    q = (words[:, None, :] >> shifts[None, :, None]) & 0xF  # (BLOCK_K/8, 8, BLOCK_N)
-    q = tl.reshape(q, (BLOCK_K, BLOCK_N))
-    if GROUP_SIZE > 0:
-        g = tl.minimum(k0, K - 1) // GROUP_SIZE  # a split-K tile may start past K: stay on a real group
-        zwords = tl.load(qzeros_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
-        z = (zwords >> ((offs_n % 8) * 4)) & 0xF  # (BLOCK_N,)
-        s = tl.load(scales_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0)
-        return (q - z[None, :]).to(tl.float32) * s[None, :].to(tl.float32)
+    if DTYPE == tl.float16:
+        return (codes | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
     else:
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask = (offs_k < K)[:, None] & mask_n[None, :]
-        g = tl.load(g_idx_ptr + offs_k, mask=offs_k < K, other=0)
-        zwords = tl.load(qzeros_ptr + g[:, None] * stride_zg + (offs_n // 8)[None, :], mask=mask, other=0)
-        z = (zwords >> ((offs_n % 8) * 4)[None, :]) & 0xF
-        s = tl.load(scales_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=mask, other=0.0)
-        return (q - z).to(tl.float32) * s.to(tl.float32)
+        return (codes | 0x4B000000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _group_rows(qzeros_ptr, scales_ptr, g, offs_n, mask_n, stride_zg, stride_sg, DTYPE: tl.constexpr):
+    """Biased zero-points and scales of group(s) ``g`` (scalar or (R, 1)) for the columns ``offs_n``."""
+    zwords = tl.load(qzeros_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
+    z = _biased((zwords >> ((offs_n % 8) * 4)) & 0xF, DTYPE)
+    s = tl.load(scales_ptr + g * stride_sg + offs_n, mask=mask_n, other=0.0).to(DTYPE)
+    return z, s
 
 
 @triton.jit
@@ -97,20 +88,76 @@ def _w4a16_gemv_kernel(
     # meta-parameters
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM: tl.constexpr, GROUP_SIZE: tl.constexpr,
 ):
-    """One output row ``m``, BLOCK_N columns, a slice of K_PER_PROGRAM inputs; atomically added into fp32."""
+    """One output row ``m``, BLOCK_N columns, a slice of K_PER_PROGRAM inputs; atomically added into fp32.
+
+    A tile is R = BLOCK_K/8 packed words per column. Instead of unpacking it into a
+    (BLOCK_K, BLOCK_N) tensor, take the j-th nibble of every word (input rows
+    8r + j) in turn: each of the 8 steps is elementwise on the (R, BLOCK_N) tile and
+    meets the matching strided slice of x. Products accumulate per (r, n), so the
+    only sum across threads happens once, after the loop. With contiguous groups
+    (GROUP_SIZE > 0) a tile lies in one group: the scale is applied once per tile.
+    """
     m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
+    R: tl.constexpr = BLOCK_K // 8
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    mask_n = offs_n < N
+    offs_r = tl.arange(0, R)
+    acc = tl.zeros((R, BLOCK_N), dtype=tl.float32)
     for k1 in range(0, K_PER_PROGRAM, BLOCK_K):
         k0 = pid_k * K_PER_PROGRAM + k1
+        rows = k0 // 8 + offs_r
+        mask_r = rows < K // 8
+        words = tl.load(qweight_ptr + rows[:, None] * stride_qk + offs_n[None, :],
+                        mask=mask_r[:, None] & mask_n[None, :], other=0, eviction_policy="evict_first")
+        if GROUP_SIZE > 0:
+            g = tl.minimum(k0, K - 1) // GROUP_SIZE  # a split-K tile may start past K: stay on a real group
+            z, s = _group_rows(qzeros_ptr, scales_ptr, g, offs_n, mask_n, stride_zg, stride_sg, tl.float32)
+            t = tl.zeros((R, BLOCK_N), dtype=tl.float32)
+            for j in tl.static_range(8):
+                xj = tl.load(x_ptr + m * stride_xm + rows * 8 + j, mask=mask_r, other=0.0).to(tl.float32)
+                t += (_biased((words >> (4 * j)) & 0xF, tl.float32) - z[None, :]) * xj[:, None]
+            acc += t * s[None, :]
+        else:  # act-order: every input row has its own group
+            for j in tl.static_range(8):
+                xj = tl.load(x_ptr + m * stride_xm + rows * 8 + j, mask=mask_r, other=0.0).to(tl.float32)
+                g = tl.load(g_idx_ptr + rows * 8 + j, mask=mask_r, other=0)
+                z, s = _group_rows(qzeros_ptr, scales_ptr, g[:, None], offs_n[None, :],
+                                   mask_r[:, None] & mask_n[None, :], stride_zg, stride_sg, tl.float32)
+                acc += (_biased((words >> (4 * j)) & 0xF, tl.float32) - z) * s * xj[:, None]
+    tl.atomic_add(acc_ptr + m * stride_am + offs_n, tl.sum(acc, axis=0), mask=mask_n)
+
+
+@triton.jit
+def _dequant_tile(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, K, N,
+                  stride_qk, stride_zg, stride_sg,
+                  BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_SIZE: tl.constexpr, DTYPE: tl.constexpr):
+    """(BLOCK_K, BLOCK_N) weights in DTYPE for input rows k0 … k0+BLOCK_K−1 and output columns ``offs_n``.
+
+    ``(q − z)`` is exact and ``· s`` rounds once, so the tile equals the reference's
+    float32 product rounded to DTYPE. ``GROUP_SIZE > 0``: the tile lies inside one
+    group; ``GROUP_SIZE == 0``: act-order, the group of every row from ``g_idx``.
+    """
+    CDT: tl.constexpr = tl.float16 if DTYPE == tl.float16 else tl.float32  # exact q − z, one rounding of · s
+    mask_n = offs_n < N
+    # ---- codes: read each int32 word once, unpack its 8 rows with shifts
+    offs_w = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    words = tl.load(qweight_ptr + offs_w[:, None] * stride_qk + offs_n[None, :],
+                    mask=(offs_w[:, None] < K // 8) & mask_n[None, :], other=0)  # (BLOCK_K/8, BLOCK_N)
+    shifts = tl.arange(0, 8) * 4
+    q = _biased((words[:, None, :] >> shifts[None, :, None]) & 0xF, CDT)  # (BLOCK_K/8, 8, BLOCK_N)
+    q = tl.reshape(q, (BLOCK_K, BLOCK_N))
+    if GROUP_SIZE > 0:
+        g = tl.minimum(k0, K - 1) // GROUP_SIZE
+        z, s = _group_rows(qzeros_ptr, scales_ptr, g, offs_n, mask_n, stride_zg, stride_sg, CDT)
+        return ((q - z[None, :]) * s[None, :]).to(DTYPE)
+    else:
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + m * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
-        w = _dequant_tile(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, K, N,
-                          stride_qk, stride_zg, stride_sg, BLOCK_K, BLOCK_N, GROUP_SIZE)
-        acc += tl.sum(x[:, None] * w, axis=0)
-    tl.atomic_add(acc_ptr + m * stride_am + offs_n, acc, mask=offs_n < N)
+        g = tl.load(g_idx_ptr + offs_k, mask=offs_k < K, other=0)
+        z, s = _group_rows(qzeros_ptr, scales_ptr, g[:, None], offs_n[None, :],
+                           (offs_k < K)[:, None] & mask_n[None, :], stride_zg, stride_sg, CDT)
+        return ((q - z) * s).to(DTYPE)
 
 
 @triton.jit
@@ -141,11 +188,11 @@ def _w4a16_gemm_kernel(
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
         w = _dequant_tile(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, K, N,
-                          stride_qk, stride_zg, stride_sg, BLOCK_K, BLOCK_N, GROUP_SIZE)
+                          stride_qk, stride_zg, stride_sg, BLOCK_K, BLOCK_N, GROUP_SIZE, x.dtype)
         if DOT_FP32:  # the interpreter only: its bf16 x bf16 tl.dot is wrong (triton 3.8); bf16 values are exact in fp32
-            acc += tl.dot(x.to(tl.float32), w.to(x.dtype).to(tl.float32))
+            acc += tl.dot(x.to(tl.float32), w.to(tl.float32))
         else:
-            acc += tl.dot(x, w.to(x.dtype))
+            acc += tl.dot(x, w)
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if SPLIT_K > 1:
         tl.atomic_add(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc, mask=mask)
@@ -168,8 +215,9 @@ def _split(K: int, block_k: int, tiles: int, target_programs: int) -> tuple[int,
 
 
 # launch parameters, chosen on an H100 with benchmarks/bench_w4a16.py (see benchmarks/results/w4a16_h100.json)
-GEMV = {"block_n": 128, "block_k": 64, "target_programs": 528, "num_warps": 4}
-GEMM = {"block_n": 64, "block_k": 128, "target_programs": 264, "num_warps": 4}
+GEMV = {"block_n": 128, "block_k": 128, "target_programs": 528, "num_warps": 4}
+# GEMM: BLOCK_M by M (the smallest of 16/32/64/128 that holds M, up to "max_block_m")
+GEMM = {"block_n": 64, "block_k": 128, "target_programs": 264, "num_warps": 4, "num_stages": 3, "max_block_m": 64}
 
 
 def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
@@ -217,7 +265,7 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
             num_warps=gemv["num_warps"],
         )
         return acc.to(x.dtype)
-    BLOCK_M = 16 if M <= 16 else 32 if M <= 32 else 64
+    BLOCK_M = min(max(16, triton.next_power_of_2(M)), gemm["max_block_m"])
     BLOCK_N, BLOCK_K = gemm["block_n"], _block_k(gemm["block_k"], GROUP_SIZE)
     tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
     k_per, split = _split(K, BLOCK_K, tiles, gemm["target_programs"])
@@ -228,7 +276,7 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
         x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, SPLIT_K=split,
         GROUP_SIZE=GROUP_SIZE, DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16,
-        num_warps=gemm["num_warps"],
+        num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
     )
     return out.to(x.dtype) if split > 1 else out
 

@@ -1,0 +1,258 @@
+"""NF4: fp16/bf16 activations × 4-bit NormalFloat weights in the bitsandbytes layout.
+
+    y[m, n] = Σ_k x[m, k] · code[c(n, k)] · absmax[(n·K + k) // blocksize]
+
+The weight (N, K) is what ``bitsandbytes.functional.quantize_4bit`` (and
+``qtutor.methods.nf4.quantize_4bit``) stores: the row-major flattened codes, two
+per byte with the *first* in the high nibble, ``packed`` uint8 ((N·K)/2, 1);
+one absmax per ``blocksize`` consecutive weights. Double-quantized
+(``compress_statistics``): the absmaxes are uint8 codes into the 256-value
+dynamic map ``absmax_code``, with one float32 ``absmax2`` per ``dq_blocksize``
+of them and a float32 ``offset`` added back:
+
+    absmax_f[b] = absmax_code[absmax[b]] · absmax2[b // dq_blocksize] + offset
+
+The kernel reads the bytes as int32 words (8 codes of one row), and, like
+``w4a16.py``, takes the j-th code of every word of a tile in turn; the 16-level
+table is a gather from a 64-byte array that stays in L1. File order: PyTorch
+reference, Triton kernels, launcher.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["dequantize_nf4_ref", "nf4_ref", "nf4_matmul", "nf4_matmul_bnb"]
+
+_ACT_DTYPES = (torch.float16, torch.bfloat16)
+
+
+# ---------------------------------------------------------------- reference
+
+def _absmax_f32(absmax, absmax_code, absmax2, offset, dq_blocksize):
+    if absmax.dtype != torch.uint8:
+        return absmax.float()
+    deq = absmax_code.float()[absmax.long()]
+    blocks = torch.arange(absmax.numel(), device=absmax.device) // dq_blocksize
+    return deq * absmax2.float()[blocks] + offset.float()
+
+
+def dequantize_nf4_ref(packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, shape: tuple[int, int],
+                       blocksize: int = 64, absmax_code: torch.Tensor | None = None,
+                       absmax2: torch.Tensor | None = None, offset: torch.Tensor | None = None,
+                       dq_blocksize: int = 256, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """The dense (N, K) weight, computed in float32 in bitsandbytes' order and rounded once to ``dtype``."""
+    flat = packed.reshape(-1)
+    codes = torch.stack([flat >> 4, flat & 0xF], dim=1).reshape(-1).long()
+    n = shape[0] * shape[1]
+    am = _absmax_f32(absmax, absmax_code, absmax2, offset, dq_blocksize)
+    w = code.float()[codes[:n]] * am[torch.arange(n, device=packed.device) // blocksize]
+    return w.reshape(shape).to(dtype)
+
+
+def nf4_ref(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, out_features: int,
+            **kw) -> torch.Tensor:
+    """``x`` (M, K) @ the dequantized weightᵀ, accumulated in float32, returned in ``x.dtype``."""
+    w = dequantize_nf4_ref(packed, absmax, code, (out_features, x.shape[1]), dtype=x.dtype, **kw)
+    return (x.float() @ w.float().T).to(x.dtype)
+
+
+# ------------------------------------------------------------------- kernels
+
+@triton.jit
+def _block_scales(absmax_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, blk, mask,
+                  DQ_BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr):
+    """float32 absmax of the blocks ``blk``, undoing the double quantization in bitsandbytes' order."""
+    if DOUBLE_QUANT:
+        qa = tl.load(absmax_ptr + blk, mask=mask, other=0).to(tl.int32)
+        a = tl.load(absmax_code_ptr + qa) * tl.load(absmax2_ptr + blk // DQ_BLOCKSIZE, mask=mask, other=0.0)
+        return a + tl.load(offset_ptr)
+    else:
+        return tl.load(absmax_ptr + blk, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _code_shift(j):
+    """Bit offset of the j-th code (in K order) inside a little-endian word of 4 bytes, high nibble first."""
+    return 8 * (j // 2) + 4 * (1 - j % 2)
+
+
+@triton.jit
+def _nf4_gemv_kernel(
+    # pointers
+    x_ptr, words_ptr, absmax_ptr, code_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, acc_ptr,
+    # sizes
+    M, N, K,
+    # strides
+    stride_xm, stride_am,
+    # meta-parameters
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM: tl.constexpr,
+    BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
+):
+    """Output row ``m``, BLOCK_N outputs, one K-slice; per (n, r) partial sums, one reduction at the end."""
+    m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    R: tl.constexpr = BLOCK_K // 8
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_r = tl.arange(0, R)
+    acc = tl.zeros((BLOCK_N, R), dtype=tl.float32)
+    for k1 in range(0, K_PER_PROGRAM, BLOCK_K):
+        k0 = pid_k * K_PER_PROGRAM + k1
+        cols = k0 // 8 + offs_r  # word index inside a row
+        mask = mask_n[:, None] & (cols < K // 8)[None, :]
+        widx = offs_n[:, None] * (K // 8) + cols[None, :]
+        words = tl.load(words_ptr + widx, mask=mask, other=0, eviction_policy="evict_first")
+        scale = _block_scales(absmax_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, (widx * 8) // BLOCKSIZE, mask,
+                              DQ_BLOCKSIZE, DOUBLE_QUANT)
+        t = tl.zeros((BLOCK_N, R), dtype=tl.float32)
+        for j in tl.static_range(8):
+            xj = tl.load(x_ptr + m * stride_xm + cols * 8 + j, mask=cols < K // 8, other=0.0).to(tl.float32)
+            t += tl.load(code_ptr + ((words >> _code_shift(j)) & 0xF)) * xj[None, :]
+        acc += t * scale
+    tl.atomic_add(acc_ptr + m * stride_am + offs_n, tl.sum(acc, axis=1), mask=mask_n)
+
+
+@triton.jit
+def _nf4_gemm_kernel(
+    # pointers
+    x_ptr, words_ptr, absmax_ptr, code_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, out_ptr,
+    # sizes
+    M, N, K,
+    # strides
+    stride_xm, stride_om,
+    # meta-parameters
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM: tl.constexpr,
+    SPLIT_K: tl.constexpr, BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """(BLOCK_M, BLOCK_N) output tile: dequantize a (BLOCK_N, BLOCK_K) weight tile, ``tl.dot`` with its transpose."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    R: tl.constexpr = BLOCK_K // 8
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_r = tl.arange(0, R)
+    shifts = _code_shift(tl.arange(0, 8))
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k1 in range(0, K_PER_PROGRAM, BLOCK_K):
+        k0 = pid_k * K_PER_PROGRAM + k1
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+        cols = k0 // 8 + offs_r
+        mask = mask_n[:, None] & (cols < K // 8)[None, :]
+        widx = offs_n[:, None] * (K // 8) + cols[None, :]
+        words = tl.load(words_ptr + widx, mask=mask, other=0)  # (BLOCK_N, R)
+        scale = _block_scales(absmax_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, (widx * 8) // BLOCKSIZE, mask,
+                              DQ_BLOCKSIZE, DOUBLE_QUANT)
+        levels = tl.load(code_ptr + ((words[:, :, None] >> shifts[None, None, :]) & 0xF))  # (BLOCK_N, R, 8)
+        w = tl.reshape(levels * scale[:, :, None], (BLOCK_N, BLOCK_K)).to(x.dtype)  # rounded once, as bitsandbytes
+        if DOT_FP32:  # the interpreter only: its bf16 x bf16 tl.dot is wrong (triton 3.8)
+            acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
+        else:
+            acc += tl.dot(x, tl.trans(w))
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    if SPLIT_K > 1:
+        tl.atomic_add(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc, mask=mask)
+    else:
+        tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------ launcher
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _split(K: int, block_k: int, tiles: int, target_programs: int) -> tuple[int, int]:
+    """(K per program, number of K-slices) so that about ``target_programs`` programs run."""
+    split = max(1, min(triton.cdiv(K, block_k), triton.cdiv(target_programs, tiles)))
+    k_per = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
+    return k_per, triton.cdiv(K, k_per)
+
+
+GEMV = {"block_n": 64, "block_k": 256, "target_programs": 528, "num_warps": 4}
+GEMM = {"block_n": 64, "block_k": 64, "target_programs": 264, "num_warps": 4, "num_stages": 3, "max_block_m": 64}
+
+
+def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, out_features: int,
+               blocksize: int = 64, absmax_code: torch.Tensor | None = None, absmax2: torch.Tensor | None = None,
+               offset: torch.Tensor | None = None, dq_blocksize: int = 256, gemv_max_m: int = 1,
+               gemv: dict | None = None, gemm: dict | None = None) -> torch.Tensor:
+    """``x`` (M, K) fp16/bf16 @ the NF4 weight (``out_features``, K)ᵀ -> (M, out_features) in ``x.dtype``.
+
+    ``absmax`` float32 (one per block), or uint8 codes with ``absmax_code``,
+    ``absmax2`` and ``offset`` when double-quantized. ``code``: the 16 levels
+    (NF4 or FP4), float32. M ≤ ``gemv_max_m`` takes the GEMV, larger M the GEMM.
+    """
+    gemv, gemm = {**GEMV, **(gemv or {})}, {**GEMM, **(gemm or {})}
+    _check(x.dtype in _ACT_DTYPES, f"x must be float16 or bfloat16, got {x.dtype}")
+    _check(x.ndim == 2 and x.stride(1) == 1, f"x must be 2-D (M, K) and contiguous along K, got {tuple(x.shape)}")
+    M, K = x.shape
+    N = out_features
+    _check(packed.dtype == torch.uint8 and packed.is_contiguous(), f"packed must be contiguous uint8, got {packed.dtype}")
+    _check(packed.numel() * 2 == N * K, f"packed holds {packed.numel() * 2} codes, the weight ({N}, {K}) needs {N * K}")
+    _check(K % 8 == 0, f"K={K} must be a multiple of 8 (the kernel reads 8 codes of a row at a time)")
+    _check(blocksize % 8 == 0, f"blocksize={blocksize} must be a multiple of 8 (a word of 8 codes in one block)")
+    _check(packed.data_ptr() % 4 == 0, "packed must be 4-byte aligned (read as int32 words)")
+    _check(code.dtype == torch.float32 and code.numel() == 16, f"code must be 16 float32 levels, got {code.dtype} {tuple(code.shape)}")
+    n_blocks = triton.cdiv(N * K, blocksize)
+    _check(absmax.numel() == n_blocks, f"absmax has {absmax.numel()} entries, the weight has {n_blocks} blocks")
+    double = absmax.dtype == torch.uint8
+    if double:
+        _check(absmax_code is not None and absmax2 is not None and offset is not None,
+               "uint8 absmax (double quantization) needs absmax_code, absmax2 and offset")
+        _check(absmax2.numel() == triton.cdiv(n_blocks, dq_blocksize),
+               f"absmax2 has {absmax2.numel()} entries, expected {triton.cdiv(n_blocks, dq_blocksize)}")
+        absmax_code, absmax2 = absmax_code.float().contiguous(), absmax2.float().contiguous()
+        offset = offset.float().reshape(1)
+    else:
+        _check(absmax.dtype == torch.float32, f"absmax must be float32 or uint8 codes, got {absmax.dtype}")
+        absmax_code = absmax2 = offset = absmax  # unused
+    for name, t in (("packed", packed), ("absmax", absmax), ("code", code)):
+        _check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
+    words = packed.view(-1).view(torch.int32)
+    absmax = absmax.contiguous()
+    common = dict(BLOCKSIZE=blocksize, DQ_BLOCKSIZE=dq_blocksize, DOUBLE_QUANT=double)
+    if M <= gemv_max_m:
+        BLOCK_N = gemv["block_n"]
+        BLOCK_K = min(gemv["block_k"], max(8, triton.next_power_of_2(K)))
+        n_tiles = triton.cdiv(N, BLOCK_N)
+        k_per, split = _split(K, BLOCK_K, n_tiles * M, gemv["target_programs"])
+        acc = torch.zeros(M, N, device=x.device, dtype=torch.float32)
+        _nf4_gemv_kernel[(M, n_tiles, split)](
+            x, words, absmax, code, absmax_code, absmax2, offset, acc, M, N, K, x.stride(0), acc.stride(0),
+            BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, **common, num_warps=gemv["num_warps"],
+        )
+        return acc.to(x.dtype)
+    BLOCK_M = min(max(16, triton.next_power_of_2(M)), gemm["max_block_m"])
+    BLOCK_N, BLOCK_K = gemm["block_n"], min(gemm["block_k"], max(16, triton.next_power_of_2(K)))
+    tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
+    k_per, split = _split(K, BLOCK_K, tiles, gemm["target_programs"])
+    out = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else \
+        torch.empty(M, N, device=x.device, dtype=x.dtype)
+    _nf4_gemm_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
+        x, words, absmax, code, absmax_code, absmax2, offset, out, M, N, K, x.stride(0), out.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, SPLIT_K=split, **common,
+        DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16,
+        num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
+    )
+    return out.to(x.dtype) if split > 1 else out
+
+
+def nf4_matmul_bnb(x: torch.Tensor, packed: torch.Tensor, quant_state, **kw) -> torch.Tensor:
+    """:func:`nf4_matmul` on what ``bitsandbytes.functional.quantize_4bit`` returns (its ``QuantState``)."""
+    qs = quant_state
+    dq = {}
+    if qs.nested:
+        dq = dict(absmax_code=qs.state2.code, absmax2=qs.state2.absmax, offset=qs.offset,
+                  dq_blocksize=qs.state2.blocksize)
+    return nf4_matmul(x, packed, qs.absmax, qs.code.float(), qs.shape[0], qs.blocksize, **dq, **kw)

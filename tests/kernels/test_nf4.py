@@ -1,0 +1,92 @@
+"""The NF4 Triton kernels on bitsandbytes' own quantized weights (interpreter on CPU, compiled on GPU)."""
+import pytest
+import torch
+
+bnbf = pytest.importorskip("bitsandbytes.functional")
+
+from qtutor.kernels.nf4 import dequantize_nf4_ref, nf4_matmul, nf4_matmul_bnb, nf4_ref  # noqa: E402
+from qtutor.methods.nf4 import NF4Config, QuantType4, dynamic_map, normal_float_levels, quantize_4bit  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# (M, K, N): M=1 takes the GEMV, larger M the GEMM; K=136, 200 put 64-blocks across rows
+SHAPES = [(1, 64, 64), (1, 200, 72), (3, 200, 72), (1, 576, 192), (17, 136, 264), (70, 256, 128)]
+RTOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # relative to the output's max
+
+
+def _rel(a, b):
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+def _bnb(N, K, dtype, nested, quant_type="nf4", seed=0):
+    w = torch.randn(N, K, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    packed, qs = bnbf.quantize_4bit(w, blocksize=64, compress_statistics=nested, quant_type=quant_type)
+    return packed, qs
+
+
+def _to(qs, device):
+    qs.absmax, qs.code = qs.absmax.to(device), qs.code.to(device)
+    if qs.nested:
+        qs.state2.absmax, qs.state2.code, qs.offset = qs.state2.absmax.to(device), qs.state2.code.to(device), \
+            qs.offset.to(device)
+    return qs
+
+
+@pytest.mark.parametrize("nested", [True, False], ids=["double-quant", "fp32-absmax"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_nf4_matmul_on_bitsandbytes_weights(shape, dtype, nested):
+    M, K, N = shape
+    packed, qs = _bnb(N, K, dtype, nested)
+    dense = bnbf.dequantize_4bit(packed, qs)  # bitsandbytes' own reconstruction (CPU)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(1)).to(dtype)
+    want = (x.float() @ dense.float().T).to(dtype)
+    got = nf4_matmul_bnb(x.to(DEVICE), packed.to(DEVICE), _to(qs, DEVICE))
+    assert got.dtype == dtype and got.shape == (M, N)
+    assert _rel(got.cpu(), want) < RTOL[dtype]
+
+
+@pytest.mark.parametrize("nested", [True, False], ids=["double-quant", "fp32-absmax"])
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_reference_is_bitsandbytes_dequantize_bit_for_bit(quant_type, nested):
+    packed, qs = _bnb(72, 200, torch.float16, nested, quant_type)
+    dq = dict(absmax_code=qs.state2.code, absmax2=qs.state2.absmax, offset=qs.offset) if nested else {}
+    ref = dequantize_nf4_ref(packed, qs.absmax, qs.code, (72, 200), 64, dtype=torch.float16, **dq)
+    assert torch.equal(ref, bnbf.dequantize_4bit(packed, qs))
+
+
+def test_gemv_and_gemm_agree():
+    packed, qs = _bnb(128, 256, torch.float16, True)
+    x = torch.randn(4, 256).half().to(DEVICE)
+    qs = _to(qs, DEVICE)
+    gemv = nf4_matmul_bnb(x, packed.to(DEVICE), qs, gemv_max_m=4)
+    gemm = nf4_matmul_bnb(x, packed.to(DEVICE), qs, gemv_max_m=0)
+    assert _rel(gemv, gemm) < 2e-3
+
+
+def test_qtutor_nf4_state_runs_on_the_kernel():
+    """qtutor's own NF4 (byte-identical to bitsandbytes) feeds the kernel through the same fields."""
+    w = torch.randn(64, 192, generator=torch.Generator().manual_seed(2)).half()
+    st = quantize_4bit(w, NF4Config(QuantType4.NF4))
+    x = torch.randn(1, 192).half()
+    kw = dict(absmax_code=dynamic_map(), absmax2=st.absmax2, offset=st.offset)
+    got = nf4_matmul(x.to(DEVICE), st.packed.to(DEVICE), st.absmax.to(DEVICE), normal_float_levels().to(DEVICE), 64,
+                     **{k: v.to(DEVICE) for k, v in kw.items()})
+    assert _rel(got.cpu(), nf4_ref(x, st.packed, st.absmax, normal_float_levels(), 64, **kw)) < RTOL[torch.float16]
+
+
+def test_bad_input_is_reported():
+    packed, qs = _bnb(64, 64, torch.float16, True)
+    qs = _to(qs, DEVICE)
+    packed = packed.to(DEVICE)
+    x = torch.randn(1, 64, device=DEVICE).half()
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        nf4_matmul_bnb(x.float(), packed, qs)
+    with pytest.raises(ValueError, match="needs"):
+        nf4_matmul(torch.randn(1, 128, device=DEVICE).half(), packed, qs.absmax, qs.code, 64, **{})
+    with pytest.raises(ValueError, match="absmax_code"):
+        nf4_matmul(x, packed, qs.absmax, qs.code, 64)
+    with pytest.raises(ValueError, match="16 float32 levels"):
+        nf4_matmul(x, packed, qs.absmax, qs.code.half(), 64)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        nf4_matmul(torch.randn(2, 60, device=DEVICE).half(), packed[:60], qs.absmax[:30], qs.code, 2,
+                   absmax_code=qs.state2.code, absmax2=qs.state2.absmax, offset=qs.offset)
