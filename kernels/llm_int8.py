@@ -1,0 +1,168 @@
+"""LLM.int8() on the GPU: the decomposed int8 + fp16 matmul in two kernels, with no host synchronisation.
+
+    Y = fp16( s_x s_wᵀ ⊙ (C_x C_wᵀ) / 127² )  +  X[:, O] · fp16(C_w[:, O] ⊙ s_w / 127)ᵀ
+
+(Dettmers et al., 2022, §3.) ``O`` is the set of input columns holding any
+``|x| ≥ threshold``. bitsandbytes finds ``O`` with ``argwhere`` — a copy to the
+host that stalls the GPU every call — then gathers those columns and runs
+separate kernels. Here a first kernel marks outlier columns in a flag vector and
+takes each row's absmax without its outliers; the second quantizes the
+activations on the fly, multiplies int8 × int8 on the tensor cores, and, in the
+K-tiles where a flag is set, adds the fp16 product of the outlier columns. The
+roundings follow bitsandbytes 0.50 (``int8_vectorwise_quant``,
+``int8_mm_dequant``, ``int8_mixed_scaled_mm``), as :mod:`qtutor.methods.llm_int8`
+does on the CPU; only the order of the fp32 sums inside the dot products differs.
+File order: reference, Triton kernels, launcher.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .w8a8 import _round_half_even
+
+__all__ = ["llm_int8_ref", "llm_int8_matmul"]
+
+_INV_127 = 7.874015718698502e-3  # bitsandbytes' constants
+_INV_127_SQ = 6.200124e-05
+
+
+# ---------------------------------------------------------------- reference
+
+def llm_int8_ref(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0) -> torch.Tensor:
+    """bitsandbytes' decomposition, step by step in PyTorch (:func:`qtutor.methods.llm_int8.llm_int8_matmul`)."""
+    from qtutor.methods.llm_int8 import llm_int8_matmul as ref
+
+    return ref(x, CB, SCB, threshold)
+
+
+# ------------------------------------------------------------------- kernels
+
+@triton.jit
+def _row_stats_kernel(
+    # pointers
+    x_ptr, flags_ptr, inv_ptr, stat_ptr,
+    # sizes
+    K, threshold,
+    # strides
+    stride_xm,
+    # meta-parameters
+    BLOCK_K: tl.constexpr, HAS_OUTLIERS: tl.constexpr,
+):
+    """Row ``m``: absmax over its non-outlier entries, ``127 / absmax``, and flags on the outlier columns."""
+    m = tl.program_id(0)
+    offs = tl.arange(0, BLOCK_K)
+    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        mask = k + offs < K
+        a = tl.abs(tl.load(x_ptr + m * stride_xm + k + offs, mask=mask, other=0.0).to(tl.float32))
+        if HAS_OUTLIERS:
+            out = a >= threshold
+            tl.atomic_max(flags_ptr + k + offs, tl.full((BLOCK_K,), 1, tl.int32), mask=mask & out)
+            a = tl.where(out, 0.0, a)
+        amax = tl.maximum(amax, a)
+    s = tl.max(amax, axis=0)
+    tl.store(stat_ptr + m, s)
+    # torch's 127.0 / s is reciprocal(s) * 127; an all-zero row gets codes 0
+    tl.store(inv_ptr + m, tl.where(s > 0, tl.math.div_rn(tl.full((), 1.0, tl.float32), s) * 127.0, 0.0))
+
+
+@triton.jit
+def _llm_int8_kernel(
+    # pointers
+    x_ptr, cb_ptr, flags_ptr, inv_ptr, stat_ptr, scb_ptr, out_ptr,
+    # sizes
+    M, N, K,
+    # strides
+    stride_xm, stride_cn, stride_om,
+    # meta-parameters
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM: tl.constexpr,
+    SPLIT_K: tl.constexpr, HAS_OUTLIERS: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m, mask_n = offs_m < M, offs_n < N
+    inv = tl.load(inv_ptr + offs_m, mask=mask_m, other=0.0)
+    scb = tl.load(scb_ptr + offs_n, mask=mask_n, other=0.0)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc_o = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k1 in range(0, K_PER_PROGRAM, BLOCK_K):
+        offs_k = pid_k * K_PER_PROGRAM + k1 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :],
+                    other=0.0)
+        b = tl.load(cb_ptr + offs_n[None, :] * stride_cn + offs_k[:, None], mask=mask_k[:, None] & mask_n[None, :],
+                    other=0)  # (BLOCK_K, BLOCK_N): C_w read transposed
+        q = tl.minimum(tl.maximum(_round_half_even(x.to(tl.float32) * inv[:, None]), -127.0), 127.0)
+        if HAS_OUTLIERS:
+            flag = tl.load(flags_ptr + offs_k, mask=mask_k, other=0)
+            q = tl.where(flag[None, :] != 0, 0.0, q)
+            if tl.max(flag, axis=0) > 0:  # this K-tile holds outlier columns: their fp16 product
+                xo = tl.where(flag[None, :] != 0, x, 0.0)
+                wo = ((b.to(tl.float32) * scb[None, :]) * 7.874015718698502e-3).to(tl.float16)
+                acc_o += tl.dot(xo, wo)
+        acc += tl.dot(q.to(tl.int8), b, out_dtype=tl.int32)
+    stat = tl.load(stat_ptr + offs_m, mask=mask_m, other=0.0)
+    y = (acc.to(tl.float32) * (stat[:, None] * scb[None, :])) * 6.200124e-05
+    mask = mask_m[:, None] & mask_n[None, :]
+    ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    if SPLIT_K > 1:
+        tl.atomic_add(ptrs, y + acc_o, mask=mask)
+    else:  # bitsandbytes rounds the int8 part to fp16, then adds the fp16 part in fp32 (addmm, beta = 1)
+        tl.store(ptrs, (y.to(tl.float16).to(tl.float32) + acc_o).to(tl.float16), mask=mask)
+
+
+# ------------------------------------------------------------------ launcher
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+LAUNCH = {"block_n": 64, "block_k": 64, "target_programs": 264, "num_warps": 4, "num_stages": 3, "max_block_m": 64}
+
+
+def llm_int8_matmul(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0,
+                    launch: dict | None = None) -> torch.Tensor:
+    """``x`` (M, K) fp16 times the int8 weight ``CB`` (N, K) with row absmax ``SCB`` (N,) -> (M, N) fp16.
+
+    Small outputs split K over programs (fp32 atomics; the int8 part is then not
+    rounded to fp16 before the outliers are added — a difference of at most one
+    fp16 rounding from bitsandbytes).
+    """
+    p = {**LAUNCH, **(launch or {})}
+    _check(x.dtype == torch.float16, f"x has dtype {x.dtype}: LLM.int8() multiplies float16 activations")
+    _check(x.ndim == 2 and x.stride(1) == 1, f"x must be 2-D (M, K) and contiguous along K, got {tuple(x.shape)}")
+    M, K = x.shape
+    _check(CB.dtype == torch.int8 and CB.ndim == 2 and CB.shape[1] == K and CB.stride(1) == 1,
+           f"CB must be contiguous int8 (N, {K}), got {CB.dtype} {tuple(CB.shape)}")
+    N = CB.shape[0]
+    _check(SCB.shape == (N,) and SCB.dtype == torch.float32, f"SCB must be float32 ({N},), got {SCB.dtype} {tuple(SCB.shape)}")
+    _check(threshold >= 0, f"threshold={threshold} must be ≥ 0 (0 turns the outlier path off)")
+    for name, t in (("CB", CB), ("SCB", SCB)):
+        _check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
+    has_outliers = threshold > 0
+    flags = torch.zeros(K, dtype=torch.int32, device=x.device)
+    inv = torch.empty(M, dtype=torch.float32, device=x.device)
+    stat = torch.empty(M, dtype=torch.float32, device=x.device)
+    _row_stats_kernel[(M,)](x, flags, inv, stat, K, float(threshold), x.stride(0),
+                            BLOCK_K=min(1024, triton.next_power_of_2(K)), HAS_OUTLIERS=has_outliers)
+    BLOCK_M = min(max(16, triton.next_power_of_2(M)), p["max_block_m"])
+    BLOCK_N, BLOCK_K = p["block_n"], p["block_k"]
+    tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
+    split = max(1, min(triton.cdiv(K, BLOCK_K), triton.cdiv(p["target_programs"], tiles)))
+    k_per = triton.cdiv(triton.cdiv(K, split), BLOCK_K) * BLOCK_K
+    split = triton.cdiv(K, k_per)
+    out = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else \
+        torch.empty(M, N, device=x.device, dtype=torch.float16)
+    _llm_int8_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
+        x, CB, flags, inv, stat, SCB, out, M, N, K, x.stride(0), CB.stride(0), out.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, SPLIT_K=split,
+        HAS_OUTLIERS=has_outliers, num_warps=p["num_warps"], num_stages=p["num_stages"],
+        enable_fp_fusion=False,  # no FMA contraction: the roundings are bitsandbytes'
+    )
+    return out.half() if split > 1 else out
