@@ -1,10 +1,15 @@
-"""W8A8: int8 × int8 → int32 matmul with a per-token × per-channel scale epilogue.
+"""W8A8: int8 × int8 → int32, or fp8 × fp8 → fp32, matmul with a per-token × per-channel scale epilogue.
 
     y[m, n] = s_x[m] · s_w[n] · Σ_k q_x[m, k] · q_w[n, k]
 
-(Xiao et al., SmoothQuant, 2023, §2; Dettmers et al., LLM.int8(), 2022, eq. 3.)
-``q_w`` is ``(N, K)`` int8 with one scale per output channel; ``q_x`` is
-``(M, K)`` int8 with one scale per token, computed at run time ("dynamic").
+(Xiao et al., SmoothQuant, 2023, §2; Dettmers et al., LLM.int8(), 2022, eq. 3;
+Micikevicius et al., "FP8 Formats for Deep Learning", 2022.)
+``q_w`` is ``(N, K)`` int8 or fp8 e4m3 with one scale per output channel; ``q_x``
+is ``(M, K)`` of the same type with one scale per token, computed at run time
+("dynamic"). int8 codes are ``round(x · 127 / max|x|)``; fp8 codes are
+``fp8(x · 448 / max|x|)`` (448 is e4m3's largest finite value; the cast rounds
+to nearest even), so both formats share one kernel and differ in the rounding
+and the accumulator (int32 for int8, float32 for fp8).
 
 The file holds, in order: the PyTorch references, the Triton kernels, the
 launchers.  Rounding everywhere is round-half-to-even, written out with
@@ -23,36 +28,46 @@ __all__ = [
     "w8a8_dynamic_ref",
     "quantize_per_token",
     "int8_matmul",
+    "fp8_matmul",
     "w8a8_dynamic",
+    "FP8",
 ]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+FP8 = torch.float8_e4m3fn
+_QMAX = {torch.int8: 127.0, FP8: 448.0}
 
 
 # ---------------------------------------------------------------- references
 
-def quantize_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` (M, K) float -> codes (M, K) int8 and scales (M,) float32, ``x ≈ q · s``."""
+def quantize_per_token_ref(x: torch.Tensor, dtype: torch.dtype = torch.int8) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (M, K) float -> codes (M, K) ``dtype`` (int8 or fp8 e4m3) and scales (M,) float32, ``x ≈ q · s``."""
+    qmax = _QMAX[dtype]
     xf = x.float()
     amax = xf.abs().amax(dim=1)
     # full_like(…)/amax, not 127.0/amax: torch computes scalar/tensor as a reciprocal times
     # the scalar, which is not correctly rounded and would differ from the kernel at ties
-    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
-    q = torch.round(xf * inv[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, amax / torch.full_like(amax, 127.0)
+    inv = torch.where(amax > 0, torch.full_like(amax, qmax) / amax, torch.zeros_like(amax))
+    v = (xf * inv[:, None]).clamp(-qmax, qmax)
+    q = v.to(FP8) if dtype == FP8 else torch.round(v).to(torch.int8)
+    return q, amax / torch.full_like(amax, qmax)
 
 
 def int8_matmul_ref(
     q_x: torch.Tensor, q_w: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, out_dtype=torch.float32
 ) -> torch.Tensor:
-    """(M, K) int8 @ (N, K)ᵀ int8 in exact integers, times ``s_x[:, None] * s_w[None, :]``."""
-    acc = q_x.double() @ q_w.double().T  # (M, N) integers, exact in float64 (|acc| < 2**53) on CPU and GPU
+    """(M, K) @ (N, K)ᵀ codes (int8, or fp8 e4m3) summed exactly, times ``s_x[:, None] * s_w[None, :]``.
+
+    int8 products are integers and fp8 e4m3 products multiples of 2⁻¹⁸ below 2¹⁸: float64 sums of
+    either are exact, so the reference is the exact value, rounded once to float32.
+    """
+    acc = q_x.double() @ q_w.double().T
     return (acc.to(torch.float32) * s_x.float()[:, None] * s_w.float()[None, :]).to(out_dtype)
 
 
 def w8a8_dynamic_ref(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
-    """Quantize ``x`` per token, then :func:`int8_matmul_ref`; output in ``x.dtype``."""
-    q_x, s_x = quantize_per_token_ref(x)
+    """Quantize ``x`` per token to ``q_w``'s type, then :func:`int8_matmul_ref`; output in ``x.dtype``."""
+    q_x, s_x = quantize_per_token_ref(x, q_w.dtype)
     return int8_matmul_ref(q_x, q_w, s_x, s_w, out_dtype=x.dtype)
 
 
@@ -67,6 +82,31 @@ def _round_half_even(v):
 
 
 @triton.jit
+def _round_e4m3(t):
+    """float32 ``t`` (|t| ≤ 448) rounded to the nearest e4m3 value, ties to even, still as float32.
+
+    Normal range: round the fp32 bits to 3 mantissa bits (a carry moves into the
+    exponent); below 2⁻⁶ e4m3 is subnormal with a fixed step 2⁻⁹, which adding and
+    subtracting 2¹⁴ rounds to. Done by hand because the triton 3.8 interpreter's own
+    fp32 → e4m3 cast loses the carry (124.3 → 64); the cast of the result is exact.
+    """
+    bits = t.to(tl.int32, bitcast=True)
+    normal = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576  # keep sign, exponent, 3 mantissa bits
+    sub = ((tl.abs(t) + 16384.0) - 16384.0).to(tl.int32, bitcast=True) | (bits & -2147483648)  # sign kept: -0
+    return tl.where(tl.abs(t) < 0.015625, sub, normal).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _codes(v, inv, QMAX: tl.constexpr):
+    """``v · inv`` clamped to ±QMAX as int8 (round half to even) or fp8 e4m3 (QMAX = 448, nearest even)."""
+    t = tl.minimum(tl.maximum(v * inv, -QMAX), QMAX)
+    if QMAX == 448.0:
+        return _round_e4m3(t).to(tl.float8e4nv)
+    else:
+        return _round_half_even(t).to(tl.int8)
+
+
+@triton.jit
 def _quantize_per_token_kernel(
     # pointers
     x_ptr, q_ptr, s_ptr,
@@ -75,7 +115,7 @@ def _quantize_per_token_kernel(
     # strides
     stride_xm, stride_qm,
     # meta-parameters
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, QMAX: tl.constexpr,
 ):
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_K)
@@ -86,13 +126,12 @@ def _quantize_per_token_kernel(
         amax = tl.maximum(amax, tl.abs(x))
     m = tl.max(amax, axis=0)
     # div_rn: IEEE division; a plain "/" compiles to an approximate divide on the GPU
-    inv = tl.where(m > 0, tl.math.div_rn(tl.full((), 127.0, tl.float32), m), 0.0).to(tl.float32)
-    tl.store(s_ptr + row, tl.math.div_rn(m, tl.full((), 127.0, tl.float32)))
+    inv = tl.where(m > 0, tl.math.div_rn(tl.full((), QMAX, tl.float32), m), 0.0).to(tl.float32)
+    tl.store(s_ptr + row, tl.math.div_rn(m, tl.full((), QMAX, tl.float32)))
     # ---- pass 2: codes
     for k in range(0, K, BLOCK_K):
         x = tl.load(x_ptr + row * stride_xm + k + offs, mask=k + offs < K, other=0.0).to(tl.float32)
-        q = tl.minimum(tl.maximum(_round_half_even(x * inv), -127.0), 127.0)
-        tl.store(q_ptr + row * stride_qm + k + offs, q.to(tl.int8), mask=k + offs < K)
+        tl.store(q_ptr + row * stride_qm + k + offs, _codes(x, inv, QMAX), mask=k + offs < K)
 
 
 @triton.jit
@@ -104,7 +143,8 @@ def _int8_matmul_kernel(
     # strides
     stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
     # meta-parameters
-    QUANTIZE_A: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    QUANTIZE_A: tl.constexpr, QMAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -118,20 +158,20 @@ def _int8_matmul_kernel(
         for k in range(0, K, BLOCK_K):
             a = tl.load(a_ptrs + k * stride_ak, mask=(offs_m[:, None] < M) & (offs_k[None, :] + k < K), other=0.0)
             amax = tl.maximum(amax, tl.max(tl.abs(a.to(tl.float32)), axis=1))
-        inv = tl.where(amax > 0, tl.math.div_rn(tl.full((BLOCK_M,), 127.0, tl.float32), amax), 0.0)
-        sa = tl.math.div_rn(amax, tl.full((BLOCK_M,), 127.0, tl.float32))
+        inv = tl.where(amax > 0, tl.math.div_rn(tl.full((BLOCK_M,), QMAX, tl.float32), amax), 0.0)
+        sa = tl.math.div_rn(amax, tl.full((BLOCK_M,), QMAX, tl.float32))
     else:
         sa = tl.load(sa_ptr + offs_m, mask=offs_m < M, other=0.0)
-    # ---- int8 dot products, int32 accumulator
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    # ---- int8 dot products into int32, fp8 into fp32
+    ACC: tl.constexpr = tl.float32 if QMAX == 448.0 else tl.int32
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k in range(0, K, BLOCK_K):
         a_mask = (offs_m[:, None] < M) & (offs_k[None, :] + k < K)
         a = tl.load(a_ptrs + k * stride_ak, mask=a_mask, other=0.0)
         if QUANTIZE_A:
-            a = tl.minimum(tl.maximum(_round_half_even(a.to(tl.float32) * inv[:, None]), -127.0), 127.0)
-            a = a.to(tl.int8)
-        b = tl.load(b_ptrs + k * stride_bk, mask=(offs_n[None, :] < N) & (offs_k[:, None] + k < K), other=0)
-        acc += tl.dot(a, b, out_dtype=tl.int32)
+            a = _codes(a.to(tl.float32), inv[:, None], QMAX)
+        b = tl.load(b_ptrs + k * stride_bk, mask=(offs_n[None, :] < N) & (offs_k[:, None] + k < K), other=0.0)
+        acc += tl.dot(a, b, out_dtype=ACC)
     # ---- epilogue: per-token × per-channel scales
     sb = tl.load(sb_ptr + offs_n, mask=offs_n < N, other=0.0)
     c = acc.to(tl.float32) * sa[:, None] * sb[None, :]
@@ -146,58 +186,79 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
-def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton version of :func:`quantize_per_token_ref`."""
+def quantize_per_token(x: torch.Tensor, dtype: torch.dtype = torch.int8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of :func:`quantize_per_token_ref` (``dtype`` int8 or ``FP8``)."""
     _check(x.ndim == 2, f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
     _check(x.dtype in _FLOATS, f"x has dtype {x.dtype}: expected float16, bfloat16 or float32")
+    _check(dtype in _QMAX, f"codes must be torch.int8 or torch.float8_e4m3fn, got {dtype}")
     _check(x.stride(1) == 1, "x must be contiguous along K (call .contiguous())")
     M, K = x.shape
-    q = torch.empty((M, K), dtype=torch.int8, device=x.device)
+    q = torch.empty((M, K), dtype=dtype, device=x.device)
     s = torch.empty((M,), dtype=torch.float32, device=x.device)
     _quantize_per_token_kernel[(M,)](
-        x, q, s, K, x.stride(0), q.stride(0), BLOCK_K=min(1024, triton.next_power_of_2(K)),
+        x, q, s, K, x.stride(0), q.stride(0), BLOCK_K=min(1024, triton.next_power_of_2(K)), QMAX=_QMAX[dtype],
         enable_fp_fusion=False,  # keep x·inv rounded before +0.5, as the reference does (no FMA)
     )
     return q, s
 
 
 def _check_weight(q_w: torch.Tensor, s_w: torch.Tensor, K: int) -> None:
-    _check(q_w.dtype == torch.int8 and q_w.ndim == 2, f"q_w must be 2-D int8 (N, K), got {q_w.dtype} {tuple(q_w.shape)}")
+    _check(q_w.dtype in _QMAX and q_w.ndim == 2,
+           f"q_w must be 2-D int8 or float8_e4m3fn (N, K), got {q_w.dtype} {tuple(q_w.shape)}")
     _check(q_w.shape[1] == K, f"q_w has K={q_w.shape[1]} but the activations have K={K}")
     _check(s_w.shape == (q_w.shape[0],), f"s_w must have shape ({q_w.shape[0]},), got {tuple(s_w.shape)}")
 
 
-def _launch(a, q_w, s_a, s_w, out, quantize_a: bool) -> torch.Tensor:
+# launch parameters by M (the first bucket whose "max_m" holds M), chosen on an H100 with
+# benchmarks/bench_w8a8.py (see benchmarks/results/w8a8_h100.json)
+LAUNCH = [
+    {"max_m": 16, "block_m": 16, "block_n": 64, "block_k": 128, "num_warps": 4, "num_stages": 4},
+    {"max_m": 64, "block_m": 64, "block_n": 64, "block_k": 128, "num_warps": 4, "num_stages": 4},
+    {"max_m": None, "block_m": 128, "block_n": 128, "block_k": 128, "num_warps": 8, "num_stages": 3},
+]
+
+
+def _launch(a, q_w, s_a, s_w, out, quantize_a: bool, launch: dict | None) -> torch.Tensor:
     M, K = a.shape
     N = q_w.shape[0]
-    BLOCK_M = 16 if M <= 16 else 64
-    BLOCK_N, BLOCK_K = 64, 64
-    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
+    p = next(c for c in LAUNCH if c["max_m"] is None or M <= c["max_m"])
+    p = {**p, **(launch or {})}
+    grid = (triton.cdiv(M, p["block_m"]), triton.cdiv(N, p["block_n"]))
     _int8_matmul_kernel[grid](
         a, q_w, s_a, s_w.float().contiguous(), out, M, N, K,
         a.stride(0), a.stride(1), q_w.stride(0), q_w.stride(1), out.stride(0), out.stride(1),
-        QUANTIZE_A=quantize_a, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+        QUANTIZE_A=quantize_a, QMAX=_QMAX[q_w.dtype], BLOCK_M=p["block_m"], BLOCK_N=p["block_n"],
+        BLOCK_K=p["block_k"], num_warps=p["num_warps"], num_stages=p["num_stages"],
         enable_fp_fusion=False,  # no FMA contraction: rounding ties and the epilogue match the reference
     )
     return out
 
 
 def int8_matmul(
-    q_x: torch.Tensor, q_w: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, out_dtype=torch.float16
+    q_x: torch.Tensor, q_w: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, out_dtype=torch.float16,
+    launch: dict | None = None,
 ) -> torch.Tensor:
-    """Triton version of :func:`int8_matmul_ref`: ``(M, K) int8``, ``(N, K) int8`` -> ``(M, N) out_dtype``."""
-    _check(q_x.dtype == torch.int8 and q_x.ndim == 2, f"q_x must be 2-D int8 (M, K), got {q_x.dtype} {tuple(q_x.shape)}")
+    """Triton version of :func:`int8_matmul_ref`: ``(M, K)`` and ``(N, K)`` codes -> ``(M, N) out_dtype``.
+
+    The codes are int8, or fp8 e4m3 (both of the same type); :func:`fp8_matmul` is the same call.
+    """
+    _check(q_x.dtype in _QMAX and q_x.ndim == 2,
+           f"q_x must be 2-D int8 or float8_e4m3fn (M, K), got {q_x.dtype} {tuple(q_x.shape)}")
     _check_weight(q_w, s_w, q_x.shape[1])
+    _check(q_x.dtype == q_w.dtype, f"q_x is {q_x.dtype} but q_w is {q_w.dtype}")
     _check(s_x.shape == (q_x.shape[0],), f"s_x must have shape ({q_x.shape[0]},), got {tuple(s_x.shape)}")
     out = torch.empty((q_x.shape[0], q_w.shape[0]), dtype=out_dtype, device=q_x.device)
-    return _launch(q_x, q_w, s_x.float().contiguous(), s_w, out, quantize_a=False)
+    return _launch(q_x, q_w, s_x.float().contiguous(), s_w, out, quantize_a=False, launch=launch)
 
 
-def w8a8_dynamic(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
-    """Fused per-token quantization of ``x`` (M, K) float and int8 matmul; output in ``x.dtype``."""
+fp8_matmul = int8_matmul
+
+
+def w8a8_dynamic(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, launch: dict | None = None) -> torch.Tensor:
+    """Fused per-token quantization of ``x`` (M, K) float to ``q_w``'s type and the matmul; output in ``x.dtype``."""
     _check(x.ndim == 2, f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
     _check(x.dtype in _FLOATS, f"x has dtype {x.dtype}: expected float16, bfloat16 or float32")
     _check_weight(q_w, s_w, x.shape[1])
     out = torch.empty((x.shape[0], q_w.shape[0]), dtype=x.dtype, device=x.device)
     dummy = torch.empty(1, dtype=torch.float32, device=x.device)
-    return _launch(x, q_w, dummy, s_w, out, quantize_a=True)
+    return _launch(x, q_w, dummy, s_w, out, quantize_a=True, launch=launch)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from qtutor.kernels.w8a8 import (
+    fp8_matmul,
     int8_matmul,
     int8_matmul_ref,
     quantize_per_token,
@@ -86,3 +87,63 @@ def test_bad_inputs():
         quantize_per_token(torch.randn(64, 4, device=DEVICE).T)
     with pytest.raises(ValueError, match="2-D"):
         int8_matmul(torch.zeros(2, 2, 64, dtype=torch.int8, device=DEVICE), q_w, torch.ones(2), s_w)
+
+
+# ---------------------------------------------------------------- fp8 e4m3
+FP8 = torch.float8_e4m3fn
+RTOL_FP8 = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}  # fp32 sums of exact fp8 products
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_quantize_per_token_fp8_exact(shape, dtype):
+    M, K, _ = shape
+    x = (torch.randn(M, K) * 3).to(dtype).to(DEVICE)
+    x[0, 0] = 0.0
+    q, s = quantize_per_token(x, FP8)
+    q_ref, s_ref = quantize_per_token_ref(x, FP8)
+    assert q.dtype == FP8 and torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8)) and torch.equal(s, s_ref)
+    assert float(q.float().abs().max()) == 448.0  # each row's max maps to e4m3's largest value
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_fp8_matmul(shape, out_dtype):
+    M, K, N = shape
+    q_x, s_x = quantize_per_token_ref(torch.randn(M, K, device=DEVICE), FP8)
+    q_w, s_w = quantize_per_token_ref(torch.randn(N, K, device=DEVICE) * 0.05, FP8)
+    out = fp8_matmul(q_x, q_w, s_x, s_w, out_dtype=out_dtype)
+    assert out.dtype == out_dtype
+    assert _rel(out, int8_matmul_ref(q_x, q_w, s_x, s_w)) <= RTOL_FP8[out_dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_w8a8_fp8_dynamic_fused(shape, dtype):
+    M, K, N = shape
+    x = (torch.randn(M, K) * 2).to(dtype).to(DEVICE)
+    q_w, s_w = quantize_per_token_ref(torch.randn(N, K, device=DEVICE) * 0.05, FP8)
+    out = w8a8_dynamic(x, q_w, s_w)
+    assert out.dtype == dtype
+    assert _rel(out, w8a8_dynamic_ref(x, q_w, s_w)) <= RTOL_FP8[dtype]
+    # and fp8 is a real approximation of the float product
+    assert _rel(out, (x.float() @ (q_w.float() * s_w[:, None]).T)) < 0.1
+
+
+def test_fp8_bad_inputs():
+    q_x, s_x = quantize_per_token_ref(torch.randn(4, 64, device=DEVICE), FP8)
+    q_w = torch.randint(-127, 128, (8, 64), dtype=torch.int8, device=DEVICE)
+    with pytest.raises(ValueError, match="q_x is torch.float8_e4m3fn but q_w is torch.int8"):
+        fp8_matmul(q_x, q_w, s_x, torch.ones(8, device=DEVICE))
+    with pytest.raises(ValueError, match="int8 or torch.float8_e4m3fn"):
+        quantize_per_token(torch.randn(2, 8, device=DEVICE), torch.float8_e5m2)
+
+
+def test_fp8_rounding_over_the_whole_range():
+    """Every binade of e4m3 (subnormals, ties, carries into the exponent, ±0) rounds as torch's cast."""
+    x = torch.cat([torch.logspace(-12, 8.8, 20000, base=2), torch.arange(70) * 2.0**-9])
+    x = torch.stack([x, -x]).to(DEVICE)
+    x[:, 0] = 448.0  # scale 1: the values are coded as they are
+    q, _ = quantize_per_token(x, FP8)
+    q_ref, _ = quantize_per_token_ref(x, FP8)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
