@@ -77,8 +77,8 @@ def _llm_int8_kernel(
     # strides
     stride_xm, stride_cn, stride_om,
     # meta-parameters
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM: tl.constexpr,
-    SPLIT_K: tl.constexpr, HAS_OUTLIERS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM,
+    ATOMIC: tl.constexpr, HAS_OUTLIERS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -110,7 +110,7 @@ def _llm_int8_kernel(
     y = (acc.to(tl.float32) * (stat[:, None] * scb[None, :])) * 6.200124e-05
     mask = mask_m[:, None] & mask_n[None, :]
     ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    if SPLIT_K > 1:
+    if ATOMIC:
         tl.atomic_add(ptrs, y + acc_o, mask=mask)
     else:  # bitsandbytes rounds the int8 part to fp16, then adds the fp16 part in fp32 (addmm, beta = 1)
         tl.store(ptrs, (y.to(tl.float16).to(tl.float32) + acc_o).to(tl.float16), mask=mask)
@@ -161,7 +161,7 @@ def llm_int8_matmul(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, thresh
         torch.empty(M, N, device=x.device, dtype=torch.float16)
     _llm_int8_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
         x, CB, flags, inv, stat, SCB, out, M, N, K, x.stride(0), CB.stride(0), out.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, SPLIT_K=split,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, ATOMIC=split > 1,
         HAS_OUTLIERS=has_outliers, num_warps=p["num_warps"], num_stages=p["num_stages"],
         enable_fp_fusion=False,  # no FMA contraction: the roundings are bitsandbytes'
     )

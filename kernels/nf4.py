@@ -89,7 +89,7 @@ def _nf4_gemv_kernel(
     # strides
     stride_xm, stride_am,
     # meta-parameters
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM,
     BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
 ):
     """Output row ``m``, BLOCK_N outputs, one K-slice; per (n, r) partial sums, one reduction at the end."""
@@ -126,8 +126,8 @@ def _nf4_gemm_kernel(
     # strides
     stride_xm, stride_om,
     # meta-parameters
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM: tl.constexpr,
-    SPLIT_K: tl.constexpr, BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM,
+    ATOMIC: tl.constexpr, BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     """(BLOCK_M, BLOCK_N) output tile: dequantize a (BLOCK_N, BLOCK_K) weight tile, ``tl.dot`` with its transpose."""
@@ -159,7 +159,7 @@ def _nf4_gemm_kernel(
         else:
             acc += tl.dot(x, tl.trans(w))
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    if SPLIT_K > 1:
+    if ATOMIC:
         tl.atomic_add(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc, mask=mask)
     else:
         tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -241,7 +241,7 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
         torch.empty(M, N, device=x.device, dtype=x.dtype)
     _nf4_gemm_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
         x, words, absmax, code, absmax_code, absmax2, offset, out, M, N, K, x.stride(0), out.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, SPLIT_K=split, **common,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, ATOMIC=split > 1, **common,
         DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16,
         num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
     )

@@ -86,7 +86,7 @@ def _w4a16_gemv_kernel(
     # strides
     stride_xm, stride_qk, stride_zg, stride_sg, stride_am,
     # meta-parameters
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM, GROUP_SIZE: tl.constexpr,
 ):
     """One output row ``m``, BLOCK_N columns, a slice of K_PER_PROGRAM inputs; atomically added into fp32.
 
@@ -169,12 +169,12 @@ def _w4a16_gemm_kernel(
     # strides
     stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
     # meta-parameters
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_SIZE: tl.constexpr, DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM,
+    ATOMIC: tl.constexpr, GROUP_SIZE: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
     """A (BLOCK_M, BLOCK_N) output tile over one K-slice: dequantize K-tiles of weights, ``tl.dot``.
 
-    ``SPLIT_K > 1``: the slices are atomically added into an fp32 ``out``; otherwise stored.
+    ``ATOMIC``: K is split over programs, whose sums are atomically added into an fp32 ``out``; otherwise stored.
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -194,7 +194,7 @@ def _w4a16_gemm_kernel(
         else:
             acc += tl.dot(x, w)
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    if SPLIT_K > 1:
+    if ATOMIC:
         tl.atomic_add(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc, mask=mask)
     else:
         tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -274,7 +274,7 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
     _w4a16_gemm_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
         x, qweight, qzeros, scales, g_idx, out, M, N, K,
         x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, SPLIT_K=split,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, ATOMIC=split > 1,
         GROUP_SIZE=GROUP_SIZE, DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16,
         num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
     )
