@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import check, pick, split_k
+
 from .w8a8 import _round_half_even
 
 __all__ = ["llm_int8_ref", "llm_int8_matmul"]
@@ -118,12 +120,12 @@ def _llm_int8_kernel(
 
 # ------------------------------------------------------------------ launcher
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
-LAUNCH = {"block_n": 64, "block_k": 64, "target_programs": 264, "num_warps": 4, "num_stages": 3, "max_block_m": 64}
+LAUNCH = [
+    {"max_m": 16, "block_n": 64, "block_k": 128, "target_programs": 528, "num_warps": 4, "num_stages": 3,
+     "max_block_m": 16},
+    {"max_m": None, "block_n": 64, "block_k": 64, "target_programs": 264, "num_warps": 4, "num_stages": 3,
+     "max_block_m": 64},
+]
 
 
 def llm_int8_matmul(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0,
@@ -134,29 +136,27 @@ def llm_int8_matmul(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, thresh
     rounded to fp16 before the outliers are added — a difference of at most one
     fp16 rounding from bitsandbytes).
     """
-    p = {**LAUNCH, **(launch or {})}
-    _check(x.dtype == torch.float16, f"x has dtype {x.dtype}: LLM.int8() multiplies float16 activations")
-    _check(x.ndim == 2 and x.stride(1) == 1, f"x must be 2-D (M, K) and contiguous along K, got {tuple(x.shape)}")
+    check(x.dtype == torch.float16, f"x has dtype {x.dtype}: LLM.int8() multiplies float16 activations")
+    check(x.ndim == 2 and x.stride(1) == 1, f"x must be 2-D (M, K) and contiguous along K, got {tuple(x.shape)}")
     M, K = x.shape
-    _check(CB.dtype == torch.int8 and CB.ndim == 2 and CB.shape[1] == K and CB.stride(1) == 1,
+    check(CB.dtype == torch.int8 and CB.ndim == 2 and CB.shape[1] == K and CB.stride(1) == 1,
            f"CB must be contiguous int8 (N, {K}), got {CB.dtype} {tuple(CB.shape)}")
     N = CB.shape[0]
-    _check(SCB.shape == (N,) and SCB.dtype == torch.float32, f"SCB must be float32 ({N},), got {SCB.dtype} {tuple(SCB.shape)}")
-    _check(threshold >= 0, f"threshold={threshold} must be ≥ 0 (0 turns the outlier path off)")
+    check(SCB.shape == (N,) and SCB.dtype == torch.float32, f"SCB must be float32 ({N},), got {SCB.dtype} {tuple(SCB.shape)}")
+    check(threshold >= 0, f"threshold={threshold} must be ≥ 0 (0 turns the outlier path off)")
     for name, t in (("CB", CB), ("SCB", SCB)):
-        _check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
+        check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
     has_outliers = threshold > 0
     flags = torch.zeros(K, dtype=torch.int32, device=x.device)
     inv = torch.empty(M, dtype=torch.float32, device=x.device)
     stat = torch.empty(M, dtype=torch.float32, device=x.device)
     _row_stats_kernel[(M,)](x, flags, inv, stat, K, float(threshold), x.stride(0),
                             BLOCK_K=min(1024, triton.next_power_of_2(K)), HAS_OUTLIERS=has_outliers)
+    p = pick(LAUNCH, M, launch)
     BLOCK_M = min(max(16, triton.next_power_of_2(M)), p["max_block_m"])
     BLOCK_N, BLOCK_K = p["block_n"], p["block_k"]
     tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
-    split = max(1, min(triton.cdiv(K, BLOCK_K), triton.cdiv(p["target_programs"], tiles)))
-    k_per = triton.cdiv(triton.cdiv(K, split), BLOCK_K) * BLOCK_K
-    split = triton.cdiv(K, k_per)
+    k_per, split = split_k(K, BLOCK_K, tiles, p["target_programs"])
     out = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else \
         torch.empty(M, N, device=x.device, dtype=torch.float16)
     _llm_int8_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](

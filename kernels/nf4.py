@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import check, pick, split_k
+
 __all__ = ["dequantize_nf4_ref", "nf4_ref", "nf4_matmul", "nf4_matmul_bnb"]
 
 _ACT_DTYPES = (torch.float16, torch.bfloat16)
@@ -167,20 +169,13 @@ def _nf4_gemm_kernel(
 
 # ------------------------------------------------------------------ launcher
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
-def _split(K: int, block_k: int, tiles: int, target_programs: int) -> tuple[int, int]:
-    """(K per program, number of K-slices) so that about ``target_programs`` programs run."""
-    split = max(1, min(triton.cdiv(K, block_k), triton.cdiv(target_programs, tiles)))
-    k_per = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
-    return k_per, triton.cdiv(K, k_per)
-
-
 GEMV = {"block_n": 64, "block_k": 256, "target_programs": 528, "num_warps": 4}
-GEMM = {"block_n": 64, "block_k": 64, "target_programs": 264, "num_warps": 4, "num_stages": 3, "max_block_m": 64}
+GEMM = [
+    {"max_m": 16, "block_n": 64, "block_k": 64, "target_programs": 528, "num_warps": 4, "num_stages": 3,
+     "max_block_m": 16},
+    {"max_m": None, "block_n": 64, "block_k": 64, "target_programs": 264, "num_warps": 4, "num_stages": 3,
+     "max_block_m": 64},
+]
 
 
 def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, out_features: int,
@@ -193,32 +188,32 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
     ``absmax2`` and ``offset`` when double-quantized. ``code``: the 16 levels
     (NF4 or FP4), float32. M ≤ ``gemv_max_m`` takes the GEMV, larger M the GEMM.
     """
-    gemv, gemm = {**GEMV, **(gemv or {})}, {**GEMM, **(gemm or {})}
-    _check(x.dtype in _ACT_DTYPES, f"x must be float16 or bfloat16, got {x.dtype}")
-    _check(x.ndim == 2 and x.stride(1) == 1, f"x must be 2-D (M, K) and contiguous along K, got {tuple(x.shape)}")
+    gemv = {**GEMV, **(gemv or {})}
+    check(x.dtype in _ACT_DTYPES, f"x must be float16 or bfloat16, got {x.dtype}")
+    check(x.ndim == 2 and x.stride(1) == 1, f"x must be 2-D (M, K) and contiguous along K, got {tuple(x.shape)}")
     M, K = x.shape
     N = out_features
-    _check(packed.dtype == torch.uint8 and packed.is_contiguous(), f"packed must be contiguous uint8, got {packed.dtype}")
-    _check(packed.numel() * 2 == N * K, f"packed holds {packed.numel() * 2} codes, the weight ({N}, {K}) needs {N * K}")
-    _check(K % 8 == 0, f"K={K} must be a multiple of 8 (the kernel reads 8 codes of a row at a time)")
-    _check(blocksize % 8 == 0, f"blocksize={blocksize} must be a multiple of 8 (a word of 8 codes in one block)")
-    _check(packed.data_ptr() % 4 == 0, "packed must be 4-byte aligned (read as int32 words)")
-    _check(code.dtype == torch.float32 and code.numel() == 16, f"code must be 16 float32 levels, got {code.dtype} {tuple(code.shape)}")
+    check(packed.dtype == torch.uint8 and packed.is_contiguous(), f"packed must be contiguous uint8, got {packed.dtype}")
+    check(packed.numel() * 2 == N * K, f"packed holds {packed.numel() * 2} codes, the weight ({N}, {K}) needs {N * K}")
+    check(K % 8 == 0, f"K={K} must be a multiple of 8 (the kernel reads 8 codes of a row at a time)")
+    check(blocksize % 8 == 0, f"blocksize={blocksize} must be a multiple of 8 (a word of 8 codes in one block)")
+    check(packed.data_ptr() % 4 == 0, "packed must be 4-byte aligned (read as int32 words)")
+    check(code.dtype == torch.float32 and code.numel() == 16, f"code must be 16 float32 levels, got {code.dtype} {tuple(code.shape)}")
     n_blocks = triton.cdiv(N * K, blocksize)
-    _check(absmax.numel() == n_blocks, f"absmax has {absmax.numel()} entries, the weight has {n_blocks} blocks")
+    check(absmax.numel() == n_blocks, f"absmax has {absmax.numel()} entries, the weight has {n_blocks} blocks")
     double = absmax.dtype == torch.uint8
     if double:
-        _check(absmax_code is not None and absmax2 is not None and offset is not None,
+        check(absmax_code is not None and absmax2 is not None and offset is not None,
                "uint8 absmax (double quantization) needs absmax_code, absmax2 and offset")
-        _check(absmax2.numel() == triton.cdiv(n_blocks, dq_blocksize),
+        check(absmax2.numel() == triton.cdiv(n_blocks, dq_blocksize),
                f"absmax2 has {absmax2.numel()} entries, expected {triton.cdiv(n_blocks, dq_blocksize)}")
         absmax_code, absmax2 = absmax_code.float().contiguous(), absmax2.float().contiguous()
         offset = offset.float().reshape(1)
     else:
-        _check(absmax.dtype == torch.float32, f"absmax must be float32 or uint8 codes, got {absmax.dtype}")
+        check(absmax.dtype == torch.float32, f"absmax must be float32 or uint8 codes, got {absmax.dtype}")
         absmax_code = absmax2 = offset = absmax  # unused
     for name, t in (("packed", packed), ("absmax", absmax), ("code", code)):
-        _check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
+        check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
     words = packed.view(-1).view(torch.int32)
     absmax = absmax.contiguous()
     common = dict(BLOCKSIZE=blocksize, DQ_BLOCKSIZE=dq_blocksize, DOUBLE_QUANT=double)
@@ -226,17 +221,18 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
         BLOCK_N = gemv["block_n"]
         BLOCK_K = min(gemv["block_k"], max(8, triton.next_power_of_2(K)))
         n_tiles = triton.cdiv(N, BLOCK_N)
-        k_per, split = _split(K, BLOCK_K, n_tiles * M, gemv["target_programs"])
+        k_per, split = split_k(K, BLOCK_K, n_tiles * M, gemv["target_programs"])
         acc = torch.zeros(M, N, device=x.device, dtype=torch.float32)
         _nf4_gemv_kernel[(M, n_tiles, split)](
             x, words, absmax, code, absmax_code, absmax2, offset, acc, M, N, K, x.stride(0), acc.stride(0),
             BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, **common, num_warps=gemv["num_warps"],
         )
         return acc.to(x.dtype)
+    gemm = pick(GEMM, M, gemm)
     BLOCK_M = min(max(16, triton.next_power_of_2(M)), gemm["max_block_m"])
     BLOCK_N, BLOCK_K = gemm["block_n"], min(gemm["block_k"], max(16, triton.next_power_of_2(K)))
     tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
-    k_per, split = _split(K, BLOCK_K, tiles, gemm["target_programs"])
+    k_per, split = split_k(K, BLOCK_K, tiles, gemm["target_programs"])
     out = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else \
         torch.empty(M, N, device=x.device, dtype=x.dtype)
     _nf4_gemm_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](

@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import check, pick, split_k
+
 __all__ = ["w4a16_ref", "w4a16_matmul", "dequantize_gptq_ref"]
 
 _ACT_DTYPES = (torch.float16, torch.bfloat16)
@@ -202,22 +204,18 @@ def _w4a16_gemm_kernel(
 
 # ------------------------------------------------------------------ launcher
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
-def _split(K: int, block_k: int, tiles: int, target_programs: int) -> tuple[int, int]:
-    """(K per program, number of K-slices) so that about ``target_programs`` programs run."""
-    split = max(1, min(triton.cdiv(K, block_k), triton.cdiv(target_programs, tiles)))
-    k_per = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
-    return k_per, triton.cdiv(K, k_per)
-
-
 # launch parameters, chosen on an H100 with benchmarks/bench_w4a16.py (see benchmarks/results/w4a16_h100.json)
-GEMV = {"block_n": 128, "block_k": 128, "target_programs": 528, "num_warps": 4}
-# GEMM: BLOCK_M by M (the smallest of 16/32/64/128 that holds M, up to "max_block_m")
-GEMM = {"block_n": 64, "block_k": 128, "target_programs": 264, "num_warps": 4, "num_stages": 3, "max_block_m": 64}
+GEMV = {"block_n": 128, "block_k": 128, "target_programs": 1056, "num_warps": 4}
+# GEMM by M (the first bucket whose max_m holds M); BLOCK_M: the smallest power of two ≥ 16 that holds M,
+# at most max_block_m
+GEMM = [
+    {"max_m": 16, "block_n": 64, "block_k": 128, "target_programs": 528, "num_warps": 4, "num_stages": 3,
+     "max_block_m": 16},
+    {"max_m": 64, "block_n": 64, "block_k": 128, "target_programs": 264, "num_warps": 4, "num_stages": 3,
+     "max_block_m": 64},
+    {"max_m": None, "block_n": 128, "block_k": 64, "target_programs": 264, "num_warps": 8, "num_stages": 3,
+     "max_block_m": 128},
+]
 
 
 def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
@@ -228,23 +226,23 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
     Rows M ≤ ``gemv_max_m`` take the split-K GEMV, larger M the split-K ``tl.dot`` GEMM.
     ``group_size``: the layer's group size when ``g_idx`` is plain ``k // group_size``
     (skips checking ``g_idx``); 0 forces the act-order path; None inspects ``g_idx``.
-    ``gemv``/``gemm`` override the launch parameters (for tuning).
+    ``gemv``/``gemm`` override the launch parameters (for tuning; ``gemm`` updates M's bucket of GEMM).
     """
-    gemv, gemm = {**GEMV, **(gemv or {})}, {**GEMM, **(gemm or {})}
-    _check(x.dtype in _ACT_DTYPES, f"x must be float16 or bfloat16, got {x.dtype}")
-    _check(x.ndim == 2, f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
-    _check(qweight.dtype == torch.int32 and qzeros.dtype == torch.int32 and g_idx.dtype == torch.int32,
+    gemv = {**GEMV, **(gemv or {})}
+    check(x.dtype in _ACT_DTYPES, f"x must be float16 or bfloat16, got {x.dtype}")
+    check(x.ndim == 2, f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
+    check(qweight.dtype == torch.int32 and qzeros.dtype == torch.int32 and g_idx.dtype == torch.int32,
            f"qweight, qzeros and g_idx must be int32, got {qweight.dtype}, {qzeros.dtype}, {g_idx.dtype}")
-    _check(scales.dtype in _ACT_DTYPES, f"scales must be float16 or bfloat16, got {scales.dtype}")
+    check(scales.dtype in _ACT_DTYPES, f"scales must be float16 or bfloat16, got {scales.dtype}")
     M, K = x.shape
     N = qweight.shape[1]
-    _check(qweight.shape[0] * 8 == K, f"qweight has {qweight.shape[0]} rows of 8 codes; x has K={K}")
-    _check(N % 8 == 0 and qzeros.shape[1] * 8 == N, f"qzeros {tuple(qzeros.shape)} does not pack N={N} zero-points")
-    _check(scales.shape == (qzeros.shape[0], N), f"scales {tuple(scales.shape)} must be (n_groups={qzeros.shape[0]}, N={N})")
-    _check(g_idx.shape == (K,), f"g_idx must have K={K} entries, got {tuple(g_idx.shape)}")
+    check(qweight.shape[0] * 8 == K, f"qweight has {qweight.shape[0]} rows of 8 codes; x has K={K}")
+    check(N % 8 == 0 and qzeros.shape[1] * 8 == N, f"qzeros {tuple(qzeros.shape)} does not pack N={N} zero-points")
+    check(scales.shape == (qzeros.shape[0], N), f"scales {tuple(scales.shape)} must be (n_groups={qzeros.shape[0]}, N={N})")
+    check(g_idx.shape == (K,), f"g_idx must have K={K} entries, got {tuple(g_idx.shape)}")
     for name, t in (("x", x), ("qweight", qweight), ("qzeros", qzeros), ("scales", scales), ("g_idx", g_idx)):
-        _check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
-        _check(t.stride(-1) == 1, f"{name} must be contiguous in its last dimension")
+        check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
+        check(t.stride(-1) == 1, f"{name} must be contiguous in its last dimension")
     # contiguous groups (no act-order) let a tile share one row of scales: find the group size
     n_groups = scales.shape[0]
     group = int((g_idx == 0).sum()) if n_groups > 1 and group_size is None else K
@@ -256,7 +254,7 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
     if M <= gemv_max_m:
         BLOCK_N, BLOCK_K = gemv["block_n"], _block_k(gemv["block_k"], GROUP_SIZE)
         n_tiles = triton.cdiv(N, BLOCK_N)
-        k_per, split = _split(K, BLOCK_K, n_tiles * M, gemv["target_programs"])
+        k_per, split = split_k(K, BLOCK_K, n_tiles * M, gemv["target_programs"])
         acc = torch.zeros(M, N, device=x.device, dtype=torch.float32)
         _w4a16_gemv_kernel[(M, n_tiles, split)](
             x, qweight, qzeros, scales, g_idx, acc, M, N, K,
@@ -265,10 +263,11 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
             num_warps=gemv["num_warps"],
         )
         return acc.to(x.dtype)
+    gemm = pick(GEMM, M, gemm)
     BLOCK_M = min(max(16, triton.next_power_of_2(M)), gemm["max_block_m"])
     BLOCK_N, BLOCK_K = gemm["block_n"], _block_k(gemm["block_k"], GROUP_SIZE)
     tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
-    k_per, split = _split(K, BLOCK_K, tiles, gemm["target_programs"])
+    k_per, split = split_k(K, BLOCK_K, tiles, gemm["target_programs"])
     out = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else \
         torch.empty(M, N, device=x.device, dtype=x.dtype)
     _w4a16_gemm_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](

@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import check, pick, split_k
+
 __all__ = [
     "quantize_per_token_ref",
     "int8_matmul_ref",
@@ -181,17 +183,12 @@ def _int8_matmul_kernel(
 
 # ----------------------------------------------------------------- launchers
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
 def quantize_per_token(x: torch.Tensor, dtype: torch.dtype = torch.int8) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton version of :func:`quantize_per_token_ref` (``dtype`` int8 or ``FP8``)."""
-    _check(x.ndim == 2, f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
-    _check(x.dtype in _FLOATS, f"x has dtype {x.dtype}: expected float16, bfloat16 or float32")
-    _check(dtype in _QMAX, f"codes must be torch.int8 or torch.float8_e4m3fn, got {dtype}")
-    _check(x.stride(1) == 1, "x must be contiguous along K (call .contiguous())")
+    check(x.ndim == 2, f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
+    check(x.dtype in _FLOATS, f"x has dtype {x.dtype}: expected float16, bfloat16 or float32")
+    check(dtype in _QMAX, f"codes must be torch.int8 or torch.float8_e4m3fn, got {dtype}")
+    check(x.stride(1) == 1, "x must be contiguous along K (call .contiguous())")
     M, K = x.shape
     q = torch.empty((M, K), dtype=dtype, device=x.device)
     s = torch.empty((M,), dtype=torch.float32, device=x.device)
@@ -203,10 +200,10 @@ def quantize_per_token(x: torch.Tensor, dtype: torch.dtype = torch.int8) -> tupl
 
 
 def _check_weight(q_w: torch.Tensor, s_w: torch.Tensor, K: int) -> None:
-    _check(q_w.dtype in _QMAX and q_w.ndim == 2,
+    check(q_w.dtype in _QMAX and q_w.ndim == 2,
            f"q_w must be 2-D int8 or float8_e4m3fn (N, K), got {q_w.dtype} {tuple(q_w.shape)}")
-    _check(q_w.shape[1] == K, f"q_w has K={q_w.shape[1]} but the activations have K={K}")
-    _check(s_w.shape == (q_w.shape[0],), f"s_w must have shape ({q_w.shape[0]},), got {tuple(s_w.shape)}")
+    check(q_w.shape[1] == K, f"q_w has K={q_w.shape[1]} but the activations have K={K}")
+    check(s_w.shape == (q_w.shape[0],), f"s_w must have shape ({q_w.shape[0]},), got {tuple(s_w.shape)}")
 
 
 # launch parameters by M (the first bucket whose "max_m" holds M), chosen on an H100 with
@@ -221,8 +218,7 @@ LAUNCH = [
 def _launch(a, q_w, s_a, s_w, out, quantize_a: bool, launch: dict | None) -> torch.Tensor:
     M, K = a.shape
     N = q_w.shape[0]
-    p = next(c for c in LAUNCH if c["max_m"] is None or M <= c["max_m"])
-    p = {**p, **(launch or {})}
+    p = pick(LAUNCH, M, launch)
     grid = (triton.cdiv(M, p["block_m"]), triton.cdiv(N, p["block_n"]))
     _int8_matmul_kernel[grid](
         a, q_w, s_a, s_w.float().contiguous(), out, M, N, K,
@@ -242,11 +238,11 @@ def int8_matmul(
 
     The codes are int8, or fp8 e4m3 (both of the same type); :func:`fp8_matmul` is the same call.
     """
-    _check(q_x.dtype in _QMAX and q_x.ndim == 2,
+    check(q_x.dtype in _QMAX and q_x.ndim == 2,
            f"q_x must be 2-D int8 or float8_e4m3fn (M, K), got {q_x.dtype} {tuple(q_x.shape)}")
     _check_weight(q_w, s_w, q_x.shape[1])
-    _check(q_x.dtype == q_w.dtype, f"q_x is {q_x.dtype} but q_w is {q_w.dtype}")
-    _check(s_x.shape == (q_x.shape[0],), f"s_x must have shape ({q_x.shape[0]},), got {tuple(s_x.shape)}")
+    check(q_x.dtype == q_w.dtype, f"q_x is {q_x.dtype} but q_w is {q_w.dtype}")
+    check(s_x.shape == (q_x.shape[0],), f"s_x must have shape ({q_x.shape[0]},), got {tuple(s_x.shape)}")
     out = torch.empty((q_x.shape[0], q_w.shape[0]), dtype=out_dtype, device=q_x.device)
     return _launch(q_x, q_w, s_x.float().contiguous(), s_w, out, quantize_a=False, launch=launch)
 
@@ -256,8 +252,8 @@ fp8_matmul = int8_matmul
 
 def w8a8_dynamic(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, launch: dict | None = None) -> torch.Tensor:
     """Fused per-token quantization of ``x`` (M, K) float to ``q_w``'s type and the matmul; output in ``x.dtype``."""
-    _check(x.ndim == 2, f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
-    _check(x.dtype in _FLOATS, f"x has dtype {x.dtype}: expected float16, bfloat16 or float32")
+    check(x.ndim == 2, f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
+    check(x.dtype in _FLOATS, f"x has dtype {x.dtype}: expected float16, bfloat16 or float32")
     _check_weight(q_w, s_w, x.shape[1])
     out = torch.empty((x.shape[0], q_w.shape[0]), dtype=x.dtype, device=x.device)
     dummy = torch.empty(1, dtype=torch.float32, device=x.device)
