@@ -91,14 +91,14 @@ def tinygemm_w4(K: int, N: int):
 class Weights:
     """COPIES of each format of one (K, N) weight, all made from the same fp16 matrices."""
 
-    def __init__(self, K: int, N: int, formats: set[str]):
-        self.fp16 = [torch.randn(N, K, device="cuda", dtype=torch.float16) * 0.02 for _ in range(COPIES)]
-        self.w4 = [gptq_w4(K, N) for _ in range(COPIES)] if "w4" in formats else None
-        self.tiny = [tinygemm_w4(K, N) for _ in range(COPIES)] if "tiny" in formats else None
+    def __init__(self, K: int, N: int, formats: set[str], copies: int = COPIES):
+        self.fp16 = [torch.randn(N, K, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
+        self.w4 = [gptq_w4(K, N) for _ in range(copies)] if "w4" in formats else None
+        self.tiny = [tinygemm_w4(K, N) for _ in range(copies)] if "tiny" in formats else None
         self.nf4 = [bnbf.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
                     for w in self.fp16] if "nf4" in formats and bnb else None
         if "int8" in formats:  # LLM.int8()'s CB/SCB (bitsandbytes' own quantizer when present)
-            self.cb = [bnbf.int8_vectorwise_quant(w)[:2] if bnb else _cb_scb(w) for w in self.fp16]
+            self.cb = [tuple(bnbf.int8_vectorwise_quant(w)[:2]) if bnb else _cb_scb(w) for w in self.fp16]
             self.i8 = [k_w8.quantize_per_token(w) for w in self.fp16]
         if "fp8" in formats:
             self.f8 = [k_w8.quantize_per_token(w, k_w8.FP8) for w in self.fp16]
@@ -166,8 +166,11 @@ def peers(M: int, K: int, N: int, W: Weights) -> tuple[dict, dict, dict]:
     fns["qtutor_llm_int8"] = lambda: (lambda i: k_int8.llm_int8_matmul(xo[i], W.cb[i][0], W.cb[i][1], 6.0))(r())
     nbytes["qtutor_llm_int8"] = N * K + 4 * N + act
     fns["qtutor_w8a8_int8"] = lambda: (lambda i: k_w8.w8a8_dynamic(xs[i], *W.i8[i]))(r())
-    nbytes["qtutor_w8a8_int8"] = N * K + 4 * N + act
+    fns["qtutor_w8a8_int8_fused"] = lambda: (lambda i: k_w8.w8a8_dynamic(xs[i], *W.i8[i], fused=True))(r())
+    nbytes["qtutor_w8a8_int8"] = nbytes["qtutor_w8a8_int8_fused"] = N * K + 4 * N + act
     q8 = [k_w8.quantize_per_token(x) for x in xs]
+    fns["qtutor_int8_matmul"] = lambda: (lambda i: k_w8.int8_matmul(q8[i][0], W.i8[i][0], q8[i][1], W.i8[i][1]))(r())
+    nbytes["qtutor_int8_matmul"] = N * K + M * K + 4 * (M + N) + 2 * M * N
     if M > 16:  # torch._int_mm needs M > 16 on CUDA
         fns["torch_int_mm"] = lambda: (lambda i: torch._int_mm(q8[i][0], W.i8[i][0].T))(r())
         nbytes["torch_int_mm"] = N * K + M * K + 4 * M * N
@@ -222,7 +225,7 @@ def agreement(M: int, K: int, N: int, W: Weights) -> dict:
     return out
 
 
-def bench_shapes(bw: float) -> list[dict]:
+def bench_shapes(bw: float, save) -> list[dict]:
     rows = []
     for K, N in SHAPES:
         W = Weights(K, N, {"w4", "tiny", "nf4", "int8", "fp8"})
@@ -247,6 +250,7 @@ def bench_shapes(bw: float) -> list[dict]:
             if M == 16:
                 row["agreement"] = check
             rows.append(row)
+            save(rows)
             print(f"K={K:>5} N={N:>5} M={M:>3} " + " ".join(f"{k}={v:.1f}" for k, v in times.items()), flush=True)
         del W
         torch.cuda.empty_cache()
@@ -258,11 +262,8 @@ def bench_shapes(bw: float) -> list[dict]:
 def bench_decode() -> dict:
     """One token through 32 blocks' seven projections (attention math left out), CUDA-graph captured."""
     n_blocks = 32
-    blocks = [[Weights(K, N, {"w4", "tiny", "nf4"}) for K, N in BLOCK_8B] for _ in range(n_blocks)]
-    for blk in blocks:  # one copy of each weight is enough here: 32 blocks do not fit in L2
-        for w in blk:
-            w.fp16, w.w4, w.tiny = w.fp16[:1], w.w4[:1], w.tiny[:1]
-            w.nf4 = w.nf4[:1] if w.nf4 else None
+    # one copy of each weight: 32 blocks do not fit in L2
+    blocks = [[Weights(K, N, {"w4", "tiny", "nf4"}, copies=1) for K, N in BLOCK_8B] for _ in range(n_blocks)]
     mms = {
         "fp16": lambda a, w: a @ w.fp16[0].T,
         "qtutor_w4a16": lambda a, w: k_w4.w4a16_matmul(a, **w.w4[0], group_size=GROUP),
@@ -353,15 +354,38 @@ def tune() -> dict:
                 for n, k, p, w, s in itertools.product([32, 64, 128], [64, 128], [264, 528], [4], [3, 4])]
         res[f"llm_int8_M{M}"] = _sweep(f"llm_int8 M={M}", grid, cases(M), lambda c, cfg: k_int8.llm_int8_matmul(
             xs[c[0], c[1]], *Ws[c[1:]].cb[0], 6.0, launch=cfg))
-    w8_grid = {16: [(16, n, k, w, s) for n, k, w, s in itertools.product([32, 64, 128], [128, 256], [4], [3, 4])],
-               64: [(64, n, k, w, s) for n, k, w, s in itertools.product([64, 128], [64, 128], [4, 8], [3, 4])],
-               256: [(m, n, k, w, s) for m, n, k, w, s in itertools.product([64, 128], [128, 256], [64, 128], [4, 8], [3, 4])]}
-    for kind in ("int8", "fp8"):
-        for M, g in w8_grid.items():
-            grid = [dict(block_m=m, block_n=n, block_k=k, num_warps=w, num_stages=s) for m, n, k, w, s in g]
-            xdt = torch.float16 if kind == "int8" else torch.bfloat16
-            res[f"w8a8_{kind}_M{M}"] = _sweep(f"w8a8 {kind} M={M}", grid, cases(M), lambda c, cfg: k_w8.w8a8_dynamic(
-                xs[c[0], c[1]].to(xdt), *(Ws[c[1:]].i8[0] if kind == "int8" else Ws[c[1:]].f8[0]), launch=cfg))
+    res.update(tune_w8a8(Ws, xs, cases, (16, 64, 256)))
+    return res
+
+
+W8_GRID = {16: [(16, n, k, w, s) for n, k, w, s in itertools.product([32, 64, 128], [128, 256], [4], [3, 4])],
+           64: [(64, n, k, w, s) for n, k, w, s in itertools.product([64, 128], [64, 128], [4, 8], [3, 4])],
+           256: [(m, n, k, w, s) for m, n, k, w, s in itertools.product([64, 128], [128, 256], [64, 128], [4, 8], [3])]}
+
+
+def tune_w8a8(Ws, xs, cases, Ms) -> dict:
+    """One launch configuration per M bucket for int8 and fp8 together (they share ``w8a8.LAUNCH``)."""
+    res = {}
+    for M in Ms:
+        grid = [dict(block_m=m, block_n=n, block_k=k, num_warps=w, num_stages=s) for m, n, k, w, s in W8_GRID[M]]
+
+        def call(c, cfg):
+            qx = k_w8.quantize_per_token(xs[c[0], c[1]])
+            fx = k_w8.quantize_per_token(xs[c[0], c[1]].bfloat16(), k_w8.FP8)
+            k_w8.int8_matmul(qx[0], Ws[c[1:]].i8[0][0], qx[1], Ws[c[1:]].i8[0][1], launch=cfg)
+            k_w8.fp8_matmul(fx[0], Ws[c[1:]].f8[0][0], fx[1], Ws[c[1:]].f8[0][1], launch=cfg)
+
+        res[f"w8a8_M{M}"] = _sweep(f"w8a8 int8+fp8 M={M}", grid, cases(M), call)
+    return res
+
+
+def tune_w8a8_large() -> dict:
+    """The M > 64 bucket of ``w8a8.LAUNCH``, swept and applied for the benchmark that follows."""
+    shapes = [(4096, 4096), (8192, 28672), (14336, 4096)]
+    Ws = {s: Weights(*s, {"int8", "fp8"}, copies=1) for s in shapes}
+    xs = {(256, K): torch.randn(256, K, device="cuda", dtype=torch.float16) for K, _ in shapes}
+    res = tune_w8a8(Ws, xs, lambda M: [(M, K, N) for K, N in shapes], (256,))
+    k_w8.LAUNCH[-1].update(res["w8a8_M256"]["best"])
     return res
 
 
@@ -381,8 +405,17 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--tune", action="store_true", help="sweep launch parameters instead of benchmarking")
     parser.add_argument("--no-decode", action="store_true")
+    parser.add_argument("--sweep-w8a8-large", action="store_true",
+                        help="first sweep and apply the M > 64 launch bucket of the W8A8 kernels")
     args = parser.parse_args()
     torch.manual_seed(0)
+
+    def save(part=None):  # written after every row: a run cut short keeps what it measured
+        if isinstance(part, list):
+            result["shapes"] = part
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
     result = {"benchmark": "tune" if args.tune else "kernels",
               "command": "python benchmarks/bench_kernels.py " + ("--tune " if args.tune else "") + f"--out {args.out}",
               **environment()}
@@ -391,19 +424,21 @@ def main() -> None:
     if args.tune:
         result["sweeps"] = tune()
     else:
+        if args.sweep_w8a8_large:
+            result["sweep_w8a8_large"] = tune_w8a8_large()
+            result["command"] = result["command"].replace("--out", "--sweep-w8a8-large --out")
         bw = copy_bandwidth()
         result.update({
             "copy_bandwidth_TBps": bw / 1e12,
             "timing": "µs per call: median of triton.testing.do_bench_cudagraph, or of do_bench where 'timing' says eager",
             "launch": {"w4a16_gemv": k_w4.GEMV, "w4a16_gemm": k_w4.GEMM, "nf4_gemv": k_nf4.GEMV,
                        "nf4_gemm": k_nf4.GEMM, "llm_int8": k_int8.LAUNCH, "w8a8": k_w8.LAUNCH},
-            "shapes": bench_shapes(bw),
         })
+        bench_shapes(bw, save)
         if not args.no_decode:
             result["decode_8b_shaped"] = bench_decode()
             print(json.dumps(result["decode_8b_shaped"], indent=1), flush=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    save(result)
 
 
 if __name__ == "__main__":

@@ -169,11 +169,12 @@ def _nf4_gemm_kernel(
 
 # ------------------------------------------------------------------ launcher
 
-GEMV = {"block_n": 64, "block_k": 256, "target_programs": 528, "num_warps": 4}
+# launch parameters, chosen on an H100 with `benchmarks/bench_kernels.py --tune`
+GEMV = {"block_n": 32, "block_k": 256, "target_programs": 1056, "num_warps": 8}
 GEMM = [
-    {"max_m": 16, "block_n": 64, "block_k": 64, "target_programs": 528, "num_warps": 4, "num_stages": 3,
+    {"max_m": 16, "block_n": 128, "block_k": 128, "target_programs": 528, "num_warps": 4, "num_stages": 3,
      "max_block_m": 16},
-    {"max_m": None, "block_n": 64, "block_k": 64, "target_programs": 264, "num_warps": 4, "num_stages": 3,
+    {"max_m": None, "block_n": 128, "block_k": 128, "target_programs": 528, "num_warps": 4, "num_stages": 3,
      "max_block_m": 64},
 ]
 

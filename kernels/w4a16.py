@@ -204,16 +204,16 @@ def _w4a16_gemm_kernel(
 
 # ------------------------------------------------------------------ launcher
 
-# launch parameters, chosen on an H100 with benchmarks/bench_w4a16.py (see benchmarks/results/w4a16_h100.json)
-GEMV = {"block_n": 128, "block_k": 128, "target_programs": 1056, "num_warps": 4}
+# launch parameters, chosen on an H100 with `benchmarks/bench_kernels.py --tune`
+GEMV = {"block_n": 256, "block_k": 128, "target_programs": 2112, "num_warps": 4}
 # GEMM by M (the first bucket whose max_m holds M); BLOCK_M: the smallest power of two ≥ 16 that holds M,
-# at most max_block_m
+# at most max_block_m. Chosen by `bench_kernels.py --tune` (benchmarks/results/tune_h100.log).
 GEMM = [
     {"max_m": 16, "block_n": 64, "block_k": 128, "target_programs": 528, "num_warps": 4, "num_stages": 3,
      "max_block_m": 16},
-    {"max_m": 64, "block_n": 64, "block_k": 128, "target_programs": 264, "num_warps": 4, "num_stages": 3,
+    {"max_m": 64, "block_n": 64, "block_k": 64, "target_programs": 528, "num_warps": 4, "num_stages": 3,
      "max_block_m": 64},
-    {"max_m": None, "block_n": 128, "block_k": 64, "target_programs": 264, "num_warps": 8, "num_stages": 3,
+    {"max_m": None, "block_n": 64, "block_k": 64, "target_programs": 264, "num_warps": 4, "num_stages": 3,
      "max_block_m": 128},
 ]
 

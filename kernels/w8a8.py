@@ -206,11 +206,11 @@ def _check_weight(q_w: torch.Tensor, s_w: torch.Tensor, K: int) -> None:
     check(s_w.shape == (q_w.shape[0],), f"s_w must have shape ({q_w.shape[0]},), got {tuple(s_w.shape)}")
 
 
-# launch parameters by M (the first bucket whose "max_m" holds M), chosen on an H100 with
-# benchmarks/bench_w8a8.py (see benchmarks/results/w8a8_h100.json)
+# launch parameters by M (the first bucket whose "max_m" holds M), chosen for int8 on an H100 with
+# `benchmarks/bench_kernels.py --tune` (M ≤ 64; the last bucket was not swept)
 LAUNCH = [
-    {"max_m": 16, "block_m": 16, "block_n": 64, "block_k": 128, "num_warps": 4, "num_stages": 4},
-    {"max_m": 64, "block_m": 64, "block_n": 64, "block_k": 128, "num_warps": 4, "num_stages": 4},
+    {"max_m": 16, "block_m": 16, "block_n": 64, "block_k": 256, "num_warps": 4, "num_stages": 3},
+    {"max_m": 64, "block_m": 64, "block_n": 128, "block_k": 128, "num_warps": 8, "num_stages": 3},
     {"max_m": None, "block_m": 128, "block_n": 128, "block_k": 128, "num_warps": 8, "num_stages": 3},
 ]
 
@@ -250,11 +250,22 @@ def int8_matmul(
 fp8_matmul = int8_matmul
 
 
-def w8a8_dynamic(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, launch: dict | None = None) -> torch.Tensor:
-    """Fused per-token quantization of ``x`` (M, K) float to ``q_w``'s type and the matmul; output in ``x.dtype``."""
+def w8a8_dynamic(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, launch: dict | None = None,
+                 fused: bool = False) -> torch.Tensor:
+    """Per-token quantization of ``x`` (M, K) float to ``q_w``'s type, then the matmul; output in ``x.dtype``.
+
+    ``fused=False`` (default): :func:`quantize_per_token` once, then the matmul — two launches.
+    ``fused=True``: one kernel that quantizes each activation tile as it loads it; every
+    column block of the output then repeats the per-token max over all of K and the
+    rounding, which on an H100 made it slower than two launches at every M measured
+    (``benchmarks/results/kernels_h100.json``). Both give the same codes and scales.
+    """
     check(x.ndim == 2, f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
     check(x.dtype in _FLOATS, f"x has dtype {x.dtype}: expected float16, bfloat16 or float32")
     _check_weight(q_w, s_w, x.shape[1])
     out = torch.empty((x.shape[0], q_w.shape[0]), dtype=x.dtype, device=x.device)
+    if not fused:
+        q_x, s_x = quantize_per_token(x.contiguous(), q_w.dtype)
+        return _launch(q_x, q_w, s_x, s_w, out, quantize_a=False, launch=launch)
     dummy = torch.empty(1, dtype=torch.float32, device=x.device)
     return _launch(x, q_w, dummy, s_w, out, quantize_a=True, launch=launch)
