@@ -1,7 +1,9 @@
-"""Launcher helpers shared by the kernels: input checks, split-K sizing, launch parameters by M."""
+"""Helpers shared by the kernels: input checks, split-K sizing and epilogue, launch parameters by M."""
 from __future__ import annotations
 
+import torch
 import triton
+import triton.language as tl
 
 
 def check(cond: bool, msg: str) -> None:
@@ -26,3 +28,53 @@ def pick(buckets: list[dict], M: int, override: dict | None = None) -> dict:
     """The launch parameters of the first bucket whose ``max_m`` (None: any) holds M, updated by ``override``."""
     p = next(b for b in buckets if b["max_m"] is None or M <= b["max_m"])
     return {**p, **(override or {})}
+
+
+# ----------------------------------------------------------- split-K epilogue
+#
+# Splitting K over programs needs their partial sums added. Adding them atomically
+# into a zeroed fp32 buffer and casting it afterwards costs two more launches per
+# call (a memset and a cast) — at batch 1 that is as long as the product itself on
+# the smaller layers. Instead each tile counts its finished slices: the program that
+# finishes last reads the sum back (an atomic add of 0) and zeroes it, casts, stores
+# and resets the count, so the workspace is zero again for the next call and a
+# call is one launch. (Single stream: calls on concurrent streams would share it.)
+
+_WORKSPACES: dict = {}
+
+
+def split_k_workspace(device, n_values: int, n_tiles: int):
+    """A zeroed fp32 workspace of at least ``n_values`` and int32 tile counters, kept per device."""
+    ws, cnt = _WORKSPACES.get(device, (None, None))
+    if ws is None or ws.numel() < n_values or cnt.numel() < n_tiles:
+        n_values = max(n_values, 0 if ws is None else ws.numel())
+        n_tiles = max(n_tiles, 0 if cnt is None else cnt.numel())
+        ws = torch.zeros(n_values, dtype=torch.float32, device=device)
+        cnt = torch.zeros(n_tiles, dtype=torch.int32, device=device)
+        _WORKSPACES[device] = (ws, cnt)
+    return ws, cnt
+
+
+@triton.jit
+def store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_om, tile, SPLIT):
+    """Store a program's (BM, BN) fp32 sum ``acc`` into ``out`` (cast to its type).
+
+    ``SPLIT`` programs share the tile: add into the workspace; the last to arrive
+    stores the total and leaves workspace and counter at zero.
+    """
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    if SPLIT == 1:
+        tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        wptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.atomic_add(wptrs, acc, mask=mask)
+        tl.debug_barrier()  # every thread's add is issued before the tile's count moves
+        ticket = tl.atomic_add(cnt_ptr + tile, 1)
+        if ticket == SPLIT - 1:
+            # read the sum where the atomics left it (L2: adding 0 returns it), then clear it
+            total = tl.atomic_add(wptrs, tl.zeros_like(acc), mask=mask)
+            tl.store(wptrs, tl.zeros_like(acc), mask=mask)
+            total = tl.where(mask, total, 0.0)  # masked lanes of an atomic return nothing defined
+            tl.store(ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(cnt_ptr + tile, 0)

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import check, pick, split_k
+from ._launch import check, pick, split_k, split_k_workspace, store_tile
 
 from .w8a8 import _round_half_even
 
@@ -73,14 +73,13 @@ def _row_stats_kernel(
 @triton.jit
 def _llm_int8_kernel(
     # pointers
-    x_ptr, cb_ptr, flags_ptr, inv_ptr, stat_ptr, scb_ptr, out_ptr,
+    x_ptr, cb_ptr, flags_ptr, inv_ptr, stat_ptr, scb_ptr, out_ptr, ws_ptr, cnt_ptr,
     # sizes
-    M, N, K,
+    M, N, K, K_PER_PROGRAM, SPLIT,
     # strides
     stride_xm, stride_cn, stride_om,
     # meta-parameters
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM,
-    ATOMIC: tl.constexpr, HAS_OUTLIERS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_OUTLIERS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -110,12 +109,10 @@ def _llm_int8_kernel(
         acc += tl.dot(q.to(tl.int8), b, out_dtype=tl.int32)
     stat = tl.load(stat_ptr + offs_m, mask=mask_m, other=0.0)
     y = (acc.to(tl.float32) * (stat[:, None] * scb[None, :])) * 6.200124e-05
-    mask = mask_m[:, None] & mask_n[None, :]
-    ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    if ATOMIC:
-        tl.atomic_add(ptrs, y + acc_o, mask=mask)
-    else:  # bitsandbytes rounds the int8 part to fp16, then adds the fp16 part in fp32 (addmm, beta = 1)
-        tl.store(ptrs, (y.to(tl.float16).to(tl.float32) + acc_o).to(tl.float16), mask=mask)
+    if SPLIT == 1:  # bitsandbytes rounds the int8 part to fp16, then adds the fp16 part in fp32 (addmm, beta = 1)
+        y = y.to(tl.float16).to(tl.float32)
+    store_tile(y + acc_o, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_om,
+               pid_m * tl.num_programs(1) + pid_n, SPLIT)
 
 
 # ------------------------------------------------------------------ launcher
@@ -156,12 +153,12 @@ def llm_int8_matmul(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, thresh
     BLOCK_N, BLOCK_K = p["block_n"], p["block_k"]
     tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
     k_per, split = split_k(K, BLOCK_K, tiles, p["target_programs"])
-    out = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else \
-        torch.empty(M, N, device=x.device, dtype=torch.float16)
+    out = torch.empty(M, N, device=x.device, dtype=torch.float16)
+    ws, cnt = split_k_workspace(x.device, M * N, tiles)
     _llm_int8_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
-        x, CB, flags, inv, stat, SCB, out, M, N, K, x.stride(0), CB.stride(0), out.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, ATOMIC=split > 1,
+        x, CB, flags, inv, stat, SCB, out, ws, cnt, M, N, K, k_per, split, x.stride(0), CB.stride(0), out.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
         HAS_OUTLIERS=has_outliers, num_warps=p["num_warps"], num_stages=p["num_stages"],
         enable_fp_fusion=False,  # no FMA contraction: the roundings are bitsandbytes'
     )
-    return out.half() if split > 1 else out
+    return out

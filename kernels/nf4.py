@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import check, pick, split_k
+from ._launch import check, pick, split_k, split_k_workspace, store_tile
 
 __all__ = ["dequantize_nf4_ref", "nf4_ref", "nf4_matmul", "nf4_matmul_bnb"]
 
@@ -85,13 +85,13 @@ def _code_shift(j):
 @triton.jit
 def _nf4_gemv_kernel(
     # pointers
-    x_ptr, words_ptr, absmax_ptr, code_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, acc_ptr,
+    x_ptr, words_ptr, absmax_ptr, code_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, out_ptr, ws_ptr, cnt_ptr,
     # sizes
-    M, N, K,
+    M, N, K, K_PER_PROGRAM, SPLIT,
     # strides
-    stride_xm, stride_am,
+    stride_xm, stride_om,
     # meta-parameters
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
 ):
     """Output row ``m``, BLOCK_N outputs, one K-slice; per (n, r) partial sums, one reduction at the end."""
@@ -116,20 +116,21 @@ def _nf4_gemv_kernel(
             xj = tl.load(x_ptr + m * stride_xm + cols * 8 + j, mask=cols < K // 8, other=0.0).to(tl.float32)
             t += tl.load(code_ptr + ((words >> _code_shift(j)) & 0xF)) * xj[None, :]
         acc += t * scale
-    tl.atomic_add(acc_ptr + m * stride_am + offs_n, tl.sum(acc, axis=1), mask=mask_n)
+    store_tile(tl.sum(acc, axis=1)[None, :], out_ptr, ws_ptr, cnt_ptr, m + tl.arange(0, 1), offs_n, M, N, stride_om,
+               m * tl.num_programs(1) + pid_n, SPLIT)
 
 
 @triton.jit
 def _nf4_gemm_kernel(
     # pointers
-    x_ptr, words_ptr, absmax_ptr, code_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, out_ptr,
+    x_ptr, words_ptr, absmax_ptr, code_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, out_ptr, ws_ptr, cnt_ptr,
     # sizes
-    M, N, K,
+    M, N, K, K_PER_PROGRAM, SPLIT,
     # strides
     stride_xm, stride_om,
     # meta-parameters
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM,
-    ATOMIC: tl.constexpr, BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     """(BLOCK_M, BLOCK_N) output tile: dequantize a (BLOCK_N, BLOCK_K) weight tile, ``tl.dot`` with its transpose."""
@@ -160,11 +161,8 @@ def _nf4_gemm_kernel(
             acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
         else:
             acc += tl.dot(x, tl.trans(w))
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    if ATOMIC:
-        tl.atomic_add(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc, mask=mask)
-    else:
-        tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+    store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_om, pid_m * tl.num_programs(1) + pid_n,
+               SPLIT)
 
 
 # ------------------------------------------------------------------ launcher
@@ -223,26 +221,27 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
         BLOCK_K = min(gemv["block_k"], max(8, triton.next_power_of_2(K)))
         n_tiles = triton.cdiv(N, BLOCK_N)
         k_per, split = split_k(K, BLOCK_K, n_tiles * M, gemv["target_programs"])
-        acc = torch.zeros(M, N, device=x.device, dtype=torch.float32)
+        out = torch.empty(M, N, device=x.device, dtype=x.dtype)
+        ws, cnt = split_k_workspace(x.device, M * N, M * n_tiles)
         _nf4_gemv_kernel[(M, n_tiles, split)](
-            x, words, absmax, code, absmax_code, absmax2, offset, acc, M, N, K, x.stride(0), acc.stride(0),
-            BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, **common, num_warps=gemv["num_warps"],
+            x, words, absmax, code, absmax_code, absmax2, offset, out, ws, cnt, M, N, K, k_per, split,
+            x.stride(0), out.stride(0), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, **common, num_warps=gemv["num_warps"],
         )
-        return acc.to(x.dtype)
+        return out
     gemm = pick(GEMM, M, gemm)
     BLOCK_M = min(max(16, triton.next_power_of_2(M)), gemm["max_block_m"])
     BLOCK_N, BLOCK_K = gemm["block_n"], min(gemm["block_k"], max(16, triton.next_power_of_2(K)))
     tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
     k_per, split = split_k(K, BLOCK_K, tiles, gemm["target_programs"])
-    out = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else \
-        torch.empty(M, N, device=x.device, dtype=x.dtype)
+    out = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    ws, cnt = split_k_workspace(x.device, M * N, tiles)
     _nf4_gemm_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
-        x, words, absmax, code, absmax_code, absmax2, offset, out, M, N, K, x.stride(0), out.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, ATOMIC=split > 1, **common,
+        x, words, absmax, code, absmax_code, absmax2, offset, out, ws, cnt, M, N, K, k_per, split,
+        x.stride(0), out.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, **common,
         DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16,
         num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
     )
-    return out.to(x.dtype) if split > 1 else out
+    return out
 
 
 def nf4_matmul_bnb(x: torch.Tensor, packed: torch.Tensor, quant_state, **kw) -> torch.Tensor:

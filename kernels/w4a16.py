@@ -9,10 +9,10 @@ consecutive input rows per word, lowest bits first; ``qzeros`` int32
 included. Decode is memory-bound: a 4-bit weight moves a quarter of fp16's bytes,
 so the kernel's job is to read ``qweight`` once, at full bandwidth.
 
-Two kernels share one inner step (load a K-tile of codes, unpack, subtract the
-zero, scale): a **GEMV** for small M that sums products on the CUDA cores and
-splits K over programs (``tl.atomic_add`` into an fp32 buffer) so that a single
-token still fills the GPU, and a **GEMM** for larger M that feeds ``tl.dot``.
+Two kernels: a **GEMV** for small M that sums products on the CUDA cores and
+splits K over programs so that a single token still fills the GPU, and a **GEMM**
+for larger M that feeds dequantized tiles to ``tl.dot``; both add split-K partial
+sums in one launch (``_launch.store_tile``).
 File order: PyTorch reference, Triton kernels, launcher.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import check, pick, split_k
+from ._launch import check, pick, split_k, split_k_workspace, store_tile
 
 __all__ = ["w4a16_ref", "w4a16_matmul", "dequantize_gptq_ref"]
 
@@ -82,15 +82,15 @@ def _group_rows(qzeros_ptr, scales_ptr, g, offs_n, mask_n, stride_zg, stride_sg,
 @triton.jit
 def _w4a16_gemv_kernel(
     # pointers
-    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, acc_ptr,
+    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, out_ptr, ws_ptr, cnt_ptr,
     # sizes
-    M, N, K,
+    M, N, K, K_PER_PROGRAM, SPLIT,
     # strides
-    stride_xm, stride_qk, stride_zg, stride_sg, stride_am,
+    stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
     # meta-parameters
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM, GROUP_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr,
 ):
-    """One output row ``m``, BLOCK_N columns, a slice of K_PER_PROGRAM inputs; atomically added into fp32.
+    """One output row ``m``, BLOCK_N columns, a slice of K_PER_PROGRAM inputs (SPLIT slices per tile).
 
     A tile is R = BLOCK_K/8 packed words per column. Instead of unpacking it into a
     (BLOCK_K, BLOCK_N) tensor, take the j-th nibble of every word (input rows
@@ -128,7 +128,8 @@ def _w4a16_gemv_kernel(
                 z, s = _group_rows(qzeros_ptr, scales_ptr, g[:, None], offs_n[None, :],
                                    mask_r[:, None] & mask_n[None, :], stride_zg, stride_sg, tl.float32)
                 acc += (_biased((words >> (4 * j)) & 0xF, tl.float32) - z) * s * xj[:, None]
-    tl.atomic_add(acc_ptr + m * stride_am + offs_n, tl.sum(acc, axis=0), mask=mask_n)
+    store_tile(tl.sum(acc, axis=0)[None, :], out_ptr, ws_ptr, cnt_ptr, m + tl.arange(0, 1), offs_n, M, N, stride_om,
+               m * tl.num_programs(1) + pid_n, SPLIT)
 
 
 @triton.jit
@@ -165,19 +166,16 @@ def _dequant_tile(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, K,
 @triton.jit
 def _w4a16_gemm_kernel(
     # pointers
-    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, out_ptr,
+    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, out_ptr, ws_ptr, cnt_ptr,
     # sizes
-    M, N, K,
+    M, N, K, K_PER_PROGRAM, SPLIT,
     # strides
     stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
     # meta-parameters
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_PROGRAM,
-    ATOMIC: tl.constexpr, GROUP_SIZE: tl.constexpr, DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_SIZE: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
-    """A (BLOCK_M, BLOCK_N) output tile over one K-slice: dequantize K-tiles of weights, ``tl.dot``.
-
-    ``ATOMIC``: K is split over programs, whose sums are atomically added into an fp32 ``out``; otherwise stored.
-    """
+    """A (BLOCK_M, BLOCK_N) output tile over one of SPLIT K-slices: dequantize K-tiles of weights, ``tl.dot``."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -195,11 +193,8 @@ def _w4a16_gemm_kernel(
             acc += tl.dot(x.to(tl.float32), w.to(tl.float32))
         else:
             acc += tl.dot(x, w)
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    if ATOMIC:
-        tl.atomic_add(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc, mask=mask)
-    else:
-        tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+    store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_om, pid_m * tl.num_programs(1) + pid_n,
+               SPLIT)
 
 
 # ------------------------------------------------------------------ launcher
@@ -255,29 +250,29 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
         BLOCK_N, BLOCK_K = gemv["block_n"], _block_k(gemv["block_k"], GROUP_SIZE)
         n_tiles = triton.cdiv(N, BLOCK_N)
         k_per, split = split_k(K, BLOCK_K, n_tiles * M, gemv["target_programs"])
-        acc = torch.zeros(M, N, device=x.device, dtype=torch.float32)
+        out = torch.empty(M, N, device=x.device, dtype=x.dtype)
+        ws, cnt = split_k_workspace(x.device, M * N, M * n_tiles)
         _w4a16_gemv_kernel[(M, n_tiles, split)](
-            x, qweight, qzeros, scales, g_idx, acc, M, N, K,
-            x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), acc.stride(0),
-            BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, GROUP_SIZE=GROUP_SIZE,
-            num_warps=gemv["num_warps"],
+            x, qweight, qzeros, scales, g_idx, out, ws, cnt, M, N, K, k_per, split,
+            x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
+            BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_SIZE=GROUP_SIZE, num_warps=gemv["num_warps"],
         )
-        return acc.to(x.dtype)
+        return out
     gemm = pick(GEMM, M, gemm)
     BLOCK_M = min(max(16, triton.next_power_of_2(M)), gemm["max_block_m"])
     BLOCK_N, BLOCK_K = gemm["block_n"], _block_k(gemm["block_k"], GROUP_SIZE)
     tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
     k_per, split = split_k(K, BLOCK_K, tiles, gemm["target_programs"])
-    out = torch.zeros(M, N, device=x.device, dtype=torch.float32) if split > 1 else \
-        torch.empty(M, N, device=x.device, dtype=x.dtype)
+    out = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    ws, cnt = split_k_workspace(x.device, M * N, tiles)
     _w4a16_gemm_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
-        x, qweight, qzeros, scales, g_idx, out, M, N, K,
+        x, qweight, qzeros, scales, g_idx, out, ws, cnt, M, N, K, k_per, split,
         x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, K_PER_PROGRAM=k_per, ATOMIC=split > 1,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
         GROUP_SIZE=GROUP_SIZE, DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16,
         num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
     )
-    return out.to(x.dtype) if split > 1 else out
+    return out
 
 
 def _block_k(block_k: int, group: int) -> int:

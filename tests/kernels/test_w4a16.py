@@ -92,3 +92,21 @@ def test_split_k_tail_past_k_reads_no_garbage():
     got = w4a16_matmul(x, p["qweight"], p["qzeros"], p["scales"], p["g_idx"], group_size=128)
     assert torch.isfinite(got).all()
     assert _rel(got, w4a16_ref(x, p["qweight"], p["qzeros"], p["scales"], p["g_idx"])) < RTOL[torch.float16]
+
+
+def test_split_k_leaves_its_workspace_clean():
+    """Split-K sums go through a shared fp32 workspace that the last program of each tile reads and
+    clears: a second call (another layer's, say) must start from zeros and give the same answer."""
+    from qtutor.kernels._launch import _WORKSPACES
+
+    _, p = _packed(512, 64, 128, torch.float16)
+    x = torch.randn(1, 512).half().to(DEVICE)
+    first = w4a16_matmul(x, **p, gemv={"block_k": 64, "target_programs": 64})
+    for ws, cnt in _WORKSPACES.values():
+        assert not ws.any() and not cnt.any()
+    assert torch.equal(first, w4a16_matmul(x, **p, gemv={"block_k": 64, "target_programs": 64}))
+    x5 = torch.randn(5, 512).half().to(DEVICE)
+    gemm = w4a16_matmul(x5, **p, gemm={"block_k": 64, "target_programs": 64})  # K in 8 slices
+    assert _rel(gemm, w4a16_ref(x5, **p)) < RTOL[torch.float16]
+    for ws, cnt in _WORKSPACES.values():
+        assert not ws.any() and not cnt.any()
