@@ -379,6 +379,26 @@ def tune_w8a8(Ws, xs, cases, Ms) -> dict:
     return res
 
 
+def tune_gemv() -> dict:
+    """The M = 1 launch parameters of the W4A16 and NF4 GEMVs, swept and applied for the benchmark that follows."""
+    shapes = [(4096, 4096), (8192, 28672), (14336, 4096)]
+    Ws = {s: Weights(*s, {"w4", "nf4"}, copies=1) for s in shapes}
+    xs = {K: torch.randn(1, K, device="cuda", dtype=torch.float16) for K, _ in shapes}
+    res = {}
+    grid = [dict(block_n=n, block_k=128, target_programs=p, num_warps=4, x_split=x)
+            for x, n, p in itertools.product([False, True], [128, 256], [1056, 2112])]
+    res["w4a16_gemv"] = _sweep("w4a16 gemv M=1", grid, shapes, lambda c, cfg: k_w4.w4a16_matmul(
+        xs[c[0]], **Ws[c].w4[0], group_size=GROUP, gemv=cfg))
+    k_w4.GEMV.update(res["w4a16_gemv"]["best"])
+    if bnb:
+        grid = [dict(block_n=n, block_k=k, target_programs=1056, num_warps=w, x_split=x)
+                for x, n, k, w in itertools.product([False, True], [32, 64], [128, 256], [4, 8])]
+        res["nf4_gemv"] = _sweep("nf4 gemv M=1", grid, shapes, lambda c, cfg: k_nf4.nf4_matmul(
+            xs[c[0]], **nf4_kernel_args(*Ws[c].nf4[0]), gemv=cfg))
+        k_nf4.GEMV.update(res["nf4_gemv"]["best"])
+    return res
+
+
 def tune_w8a8_large() -> dict:
     """The M > 64 bucket of ``w8a8.LAUNCH``, swept and applied for the benchmark that follows."""
     shapes = [(4096, 4096), (8192, 28672), (14336, 4096)]
@@ -405,6 +425,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--tune", action="store_true", help="sweep launch parameters instead of benchmarking")
     parser.add_argument("--no-decode", action="store_true")
+    parser.add_argument("--sweep-gemv", action="store_true",
+                        help="first sweep and apply the M = 1 launch parameters of the W4A16 and NF4 GEMVs")
     parser.add_argument("--sweep-w8a8-large", action="store_true",
                         help="first sweep and apply the M > 64 launch bucket of the W8A8 kernels")
     args = parser.parse_args()
@@ -424,6 +446,9 @@ def main() -> None:
     if args.tune:
         result["sweeps"] = tune()
     else:
+        if args.sweep_gemv:
+            result["sweep_gemv"] = tune_gemv()
+            result["command"] = result["command"].replace("--out", "--sweep-gemv --out")
         if args.sweep_w8a8_large:
             result["sweep_w8a8_large"] = tune_w8a8_large()
             result["command"] = result["command"].replace("--out", "--sweep-w8a8-large --out")

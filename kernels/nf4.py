@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from ._launch import check, pick, split_k, split_k_workspace, store_tile
+from .w4a16 import x_by_nibble
 
 __all__ = ["dequantize_nf4_ref", "nf4_ref", "nf4_matmul", "nf4_matmul_bnb"]
 
@@ -77,6 +78,26 @@ def _block_scales(absmax_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, blk, mas
 
 
 @triton.jit
+def _tile_scales(absmax_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, offs_n, mask_n, k0, K,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCKSIZE: tl.constexpr,
+                 DQ_BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr):
+    """(BLOCK_N, BLOCK_K/8) scales of a tile aligned to whole blocks: the tile's BLOCK_K/BLOCKSIZE absmaxes
+    per row are read once (contiguous) and repeated over their words, instead of one gather per word."""
+    NB: tl.constexpr = BLOCK_K // BLOCKSIZE
+    offs_b = tl.arange(0, NB)
+    blk = (offs_n[:, None] * K + k0) // BLOCKSIZE + offs_b[None, :]
+    mask = mask_n[:, None] & (k0 + offs_b * BLOCKSIZE < K)[None, :]
+    s = _block_scales(absmax_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, blk, mask, DQ_BLOCKSIZE, DOUBLE_QUANT)
+    return tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, NB, BLOCKSIZE // 8)), (BLOCK_N, BLOCK_K // 8))
+
+
+@triton.jit
+def _level_term(code_ptr, words, j, xj):
+    """NF4 level of code j of each word times x[8r + j], for a (BLOCK_N, R) tile of words."""
+    return tl.load(code_ptr + ((words >> _code_shift(j)) & 0xF)) * xj[None, :]
+
+
+@triton.jit
 def _code_shift(j):
     """Bit offset of the j-th code (in K order) inside a little-endian word of 4 bytes, high nibble first."""
     return 8 * (j // 2) + 4 * (1 - j % 2)
@@ -93,8 +114,12 @@ def _nf4_gemv_kernel(
     # meta-parameters
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
+    X_SPLIT: tl.constexpr, ALIGNED: tl.constexpr,
 ):
-    """Output row ``m``, BLOCK_N outputs, one K-slice; per (n, r) partial sums, one reduction at the end."""
+    """Output row ``m``, BLOCK_N outputs, one K-slice; per (n, r) partial sums, one reduction at the end.
+
+    ``ALIGNED``: K and BLOCK_K are multiples of BLOCKSIZE, so a tile holds whole blocks of each row.
+    """
     m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -109,12 +134,23 @@ def _nf4_gemv_kernel(
         mask = mask_n[:, None] & (cols < K // 8)[None, :]
         widx = offs_n[:, None] * (K // 8) + cols[None, :]
         words = tl.load(words_ptr + widx, mask=mask, other=0, eviction_policy="evict_first")
-        scale = _block_scales(absmax_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, (widx * 8) // BLOCKSIZE, mask,
-                              DQ_BLOCKSIZE, DOUBLE_QUANT)
-        t = tl.zeros((BLOCK_N, R), dtype=tl.float32)
-        for j in tl.static_range(8):
-            xj = tl.load(x_ptr + m * stride_xm + cols * 8 + j, mask=cols < K // 8, other=0.0).to(tl.float32)
-            t += tl.load(code_ptr + ((words >> _code_shift(j)) & 0xF)) * xj[None, :]
+        if ALIGNED:
+            scale = _tile_scales(absmax_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, offs_n, mask_n, k0, K,
+                                 BLOCK_N, BLOCK_K, BLOCKSIZE, DQ_BLOCKSIZE, DOUBLE_QUANT)
+        else:
+            scale = _block_scales(absmax_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, (widx * 8) // BLOCKSIZE,
+                                  mask, DQ_BLOCKSIZE, DOUBLE_QUANT)
+        if X_SPLIT:
+            x0, x1, x2, x3, x4, x5, x6, x7 = x_by_nibble(x_ptr + m * stride_xm, cols, cols < K // 8)
+            t = _level_term(code_ptr, words, 0, x0) + _level_term(code_ptr, words, 1, x1)
+            t += _level_term(code_ptr, words, 2, x2) + _level_term(code_ptr, words, 3, x3)
+            t += _level_term(code_ptr, words, 4, x4) + _level_term(code_ptr, words, 5, x5)
+            t += _level_term(code_ptr, words, 6, x6) + _level_term(code_ptr, words, 7, x7)
+        else:
+            t = tl.zeros((BLOCK_N, R), dtype=tl.float32)
+            for j in tl.static_range(8):
+                xj = tl.load(x_ptr + m * stride_xm + cols * 8 + j, mask=cols < K // 8, other=0.0).to(tl.float32)
+                t += _level_term(code_ptr, words, j, xj)
         acc += t * scale
     store_tile(tl.sum(acc, axis=1)[None, :], out_ptr, ws_ptr, cnt_ptr, m + tl.arange(0, 1), offs_n, M, N, stride_om,
                m * tl.num_programs(1) + pid_n, SPLIT)
@@ -168,7 +204,7 @@ def _nf4_gemm_kernel(
 # ------------------------------------------------------------------ launcher
 
 # launch parameters, chosen on an H100 with `benchmarks/bench_kernels.py --tune`
-GEMV = {"block_n": 32, "block_k": 256, "target_programs": 1056, "num_warps": 8}
+GEMV = {"block_n": 32, "block_k": 256, "target_programs": 1056, "num_warps": 8, "x_split": False}
 GEMM = [
     {"max_m": 16, "block_n": 128, "block_k": 128, "target_programs": 528, "num_warps": 4, "num_stages": 3,
      "max_block_m": 16},
@@ -225,7 +261,8 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
         ws, cnt = split_k_workspace(x.device, M * N, M * n_tiles)
         _nf4_gemv_kernel[(M, n_tiles, split)](
             x, words, absmax, code, absmax_code, absmax2, offset, out, ws, cnt, M, N, K, k_per, split,
-            x.stride(0), out.stride(0), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, **common, num_warps=gemv["num_warps"],
+            x.stride(0), out.stride(0), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, **common, X_SPLIT=gemv["x_split"],
+            ALIGNED=K % blocksize == 0 and BLOCK_K % blocksize == 0, num_warps=gemv["num_warps"],
         )
         return out
     gemm = pick(GEMM, M, gemm)

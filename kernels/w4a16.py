@@ -71,6 +71,33 @@ def _biased(codes, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def x_by_nibble(x_ptr, rows, mask_r):
+    """``x[8r + j]`` for j = 0…7 as eight (R,) float32 tensors, from one (R, 8) load.
+
+    Loading ``x[8r + j]`` once per j is eight strided loads per tile; one (R, 8)
+    load split along its last axis (j = 4a + 2b + c: c first, then b, then a) is one
+    vector load and register moves.
+    """
+    offs = rows[:, None] * 8 + tl.arange(0, 8)[None, :]
+    xt = tl.load(x_ptr + offs, mask=mask_r[:, None], other=0.0).to(tl.float32)
+    xt = tl.reshape(xt, (xt.shape[0], 2, 2, 2))
+    c0, c1 = tl.split(xt)
+    c0b0, c0b1 = tl.split(c0)
+    c1b0, c1b1 = tl.split(c1)
+    x0, x4 = tl.split(c0b0)
+    x2, x6 = tl.split(c0b1)
+    x1, x5 = tl.split(c1b0)
+    x3, x7 = tl.split(c1b1)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _nibble_term(words, j, z, xj):
+    """(code j of each word − zero) · x[8r + j], float32, for a (R, BLOCK_N) tile of words."""
+    return (_biased((words >> (4 * j)) & 0xF, tl.float32) - z[None, :]) * xj[:, None]
+
+
+@triton.jit
 def _group_rows(qzeros_ptr, scales_ptr, g, offs_n, mask_n, stride_zg, stride_sg, DTYPE: tl.constexpr):
     """Biased zero-points and scales of group(s) ``g`` (scalar or (R, 1)) for the columns ``offs_n``."""
     zwords = tl.load(qzeros_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
@@ -88,7 +115,7 @@ def _w4a16_gemv_kernel(
     # strides
     stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
     # meta-parameters
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr, X_SPLIT: tl.constexpr,
 ):
     """One output row ``m``, BLOCK_N columns, a slice of K_PER_PROGRAM inputs (SPLIT slices per tile).
 
@@ -116,10 +143,17 @@ def _w4a16_gemv_kernel(
         if GROUP_SIZE > 0:
             g = tl.minimum(k0, K - 1) // GROUP_SIZE  # a split-K tile may start past K: stay on a real group
             z, s = _group_rows(qzeros_ptr, scales_ptr, g, offs_n, mask_n, stride_zg, stride_sg, tl.float32)
-            t = tl.zeros((R, BLOCK_N), dtype=tl.float32)
-            for j in tl.static_range(8):
-                xj = tl.load(x_ptr + m * stride_xm + rows * 8 + j, mask=mask_r, other=0.0).to(tl.float32)
-                t += (_biased((words >> (4 * j)) & 0xF, tl.float32) - z[None, :]) * xj[:, None]
+            if X_SPLIT:
+                x0, x1, x2, x3, x4, x5, x6, x7 = x_by_nibble(x_ptr + m * stride_xm, rows, mask_r)
+                t = _nibble_term(words, 0, z, x0) + _nibble_term(words, 1, z, x1)
+                t += _nibble_term(words, 2, z, x2) + _nibble_term(words, 3, z, x3)
+                t += _nibble_term(words, 4, z, x4) + _nibble_term(words, 5, z, x5)
+                t += _nibble_term(words, 6, z, x6) + _nibble_term(words, 7, z, x7)
+            else:
+                t = tl.zeros((R, BLOCK_N), dtype=tl.float32)
+                for j in tl.static_range(8):
+                    xj = tl.load(x_ptr + m * stride_xm + rows * 8 + j, mask=mask_r, other=0.0).to(tl.float32)
+                    t += _nibble_term(words, j, z, xj)
             acc += t * s[None, :]
         else:  # act-order: every input row has its own group
             for j in tl.static_range(8):
@@ -200,7 +234,7 @@ def _w4a16_gemm_kernel(
 # ------------------------------------------------------------------ launcher
 
 # launch parameters, chosen on an H100 with `benchmarks/bench_kernels.py --tune`
-GEMV = {"block_n": 256, "block_k": 128, "target_programs": 2112, "num_warps": 4}
+GEMV = {"block_n": 256, "block_k": 128, "target_programs": 2112, "num_warps": 4, "x_split": False}
 # GEMM by M (the first bucket whose max_m holds M); BLOCK_M: the smallest power of two ≥ 16 that holds M,
 # at most max_block_m. Chosen by `bench_kernels.py --tune` (benchmarks/results/tune_h100.log).
 GEMM = [
@@ -255,7 +289,8 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
         _w4a16_gemv_kernel[(M, n_tiles, split)](
             x, qweight, qzeros, scales, g_idx, out, ws, cnt, M, N, K, k_per, split,
             x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
-            BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_SIZE=GROUP_SIZE, num_warps=gemv["num_warps"],
+            BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_SIZE=GROUP_SIZE, X_SPLIT=gemv["x_split"],
+            num_warps=gemv["num_warps"],
         )
         return out
     gemm = pick(GEMM, M, gemm)

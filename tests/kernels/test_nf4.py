@@ -90,3 +90,17 @@ def test_bad_input_is_reported():
     with pytest.raises(ValueError, match="multiple of 8"):
         nf4_matmul(torch.randn(2, 60, device=DEVICE).half(), packed[:60], qs.absmax[:30], qs.code, 2,
                    absmax_code=qs.state2.code, absmax2=qs.state2.absmax, offset=qs.offset)
+
+
+@pytest.mark.parametrize("x_split", [False, True], ids=["x-per-code", "x-one-load"])
+@pytest.mark.parametrize("block_k", [64, 256], ids=lambda b: f"BK{b}")
+@pytest.mark.parametrize("shape", [(1, 576, 192), (1, 200, 72), (2, 512, 64)], ids=lambda s: "x".join(map(str, s)))
+def test_gemv_variants(shape, block_k, x_split):
+    """Whole-block tiles (K = 576, 512) read each row's absmaxes once; K = 200 puts blocks across rows."""
+    M, K, N = shape
+    packed, qs = _bnb(N, K, torch.float16, True)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(4)).half()
+    want = (x.float() @ bnbf.dequantize_4bit(packed, qs).float().T).half()
+    got = nf4_matmul_bnb(x.to(DEVICE), packed.to(DEVICE), _to(qs, DEVICE), gemv_max_m=2,
+                         gemv={"x_split": x_split, "block_k": block_k})
+    assert _rel(got.cpu(), want) < RTOL[torch.float16]

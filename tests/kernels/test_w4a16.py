@@ -110,3 +110,13 @@ def test_split_k_leaves_its_workspace_clean():
     assert _rel(gemm, w4a16_ref(x5, **p)) < RTOL[torch.float16]
     for ws, cnt in _WORKSPACES.values():
         assert not ws.any() and not cnt.any()
+
+
+@pytest.mark.parametrize("x_split", [False, True], ids=["x-per-nibble", "x-one-load"])
+@pytest.mark.parametrize("shape", [(1, 512, 64), (1, 576, 192), (2, 200, 72)], ids=_ids)
+def test_gemv_variants(shape, x_split):
+    M, K, N = shape
+    _, p = _packed(K, N, 64, torch.float16)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(3)).half().to(DEVICE)
+    got = w4a16_matmul(x, **p, gemv_max_m=2, gemv={"x_split": x_split})
+    assert _rel(got, w4a16_ref(x, **p)) < RTOL[torch.float16]
