@@ -37,6 +37,7 @@ import torch
 import triton
 from triton.testing import do_bench, do_bench_cudagraph
 
+from qtutor.kernels import _launch
 from qtutor.kernels import llm_int8 as k_int8
 from qtutor.kernels import nf4 as k_nf4
 from qtutor.kernels import w4a16 as k_w4
@@ -399,6 +400,34 @@ def tune_gemv() -> dict:
     return res
 
 
+def ab_split_k() -> dict:
+    """Split-K epilogue in one launch (the last program of a tile stores) against three (memset, atomics, cast):
+    both timed on the same calls; the faster in total is kept for the benchmark that follows."""
+    rows, total = [], {True: 0.0, False: 0.0}
+    for K, N in SHAPES:
+        W = Weights(K, N, {"w4", "nf4", "int8"}, copies=1)
+        for M in (1, 4, 16):
+            x = torch.randn(M, K, device="cuda", dtype=torch.float16)
+            calls = {"w4a16": lambda: k_w4.w4a16_matmul(x, **W.w4[0], group_size=GROUP),
+                     "llm_int8": lambda: k_int8.llm_int8_matmul(x, *W.cb[0], 6.0)}
+            if bnb and M == 1:
+                calls["nf4"] = lambda: k_nf4.nf4_matmul(x, **nf4_kernel_args(*W.nf4[0]))
+            for name, fn in calls.items():
+                row = {"K": K, "N": N, "M": M, "kernel": name}
+                for one in (True, False):
+                    _launch.ONE_LAUNCH_SPLIT_K = one
+                    fn()
+                    row["one_launch_us" if one else "three_launches_us"] = t = time_us(fn, rep=50)[0]
+                    total[one] += t
+                rows.append(row)
+                print(row, flush=True)
+        del W
+    _launch.ONE_LAUNCH_SPLIT_K = total[True] <= total[False]
+    print(f"split-K epilogue: one launch {total[True]:.0f} us, three {total[False]:.0f} us in total", flush=True)
+    return {"rows": rows, "total_us": {"one_launch": total[True], "three_launches": total[False]},
+            "kept": "one_launch" if _launch.ONE_LAUNCH_SPLIT_K else "three_launches"}
+
+
 def tune_w8a8_large() -> dict:
     """The M > 64 bucket of ``w8a8.LAUNCH``, swept and applied for the benchmark that follows."""
     shapes = [(4096, 4096), (8192, 28672), (14336, 4096)]
@@ -425,6 +454,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--tune", action="store_true", help="sweep launch parameters instead of benchmarking")
     parser.add_argument("--no-decode", action="store_true")
+    parser.add_argument("--ab-split-k", action="store_true",
+                        help="first time both split-K epilogues and keep the faster")
     parser.add_argument("--sweep-gemv", action="store_true",
                         help="first sweep and apply the M = 1 launch parameters of the W4A16 and NF4 GEMVs")
     parser.add_argument("--sweep-w8a8-large", action="store_true",
@@ -446,6 +477,9 @@ def main() -> None:
     if args.tune:
         result["sweeps"] = tune()
     else:
+        if args.ab_split_k:
+            result["ab_split_k"] = ab_split_k()
+            result["command"] = result["command"].replace("--out", "--ab-split-k --out")
         if args.sweep_gemv:
             result["sweep_gemv"] = tune_gemv()
             result["command"] = result["command"].replace("--out", "--sweep-gemv --out")
@@ -456,7 +490,7 @@ def main() -> None:
         result.update({
             "copy_bandwidth_TBps": bw / 1e12,
             "timing": "µs per call: median of triton.testing.do_bench_cudagraph, or of do_bench where 'timing' says eager",
-            "launch": {"w4a16_gemv": k_w4.GEMV, "w4a16_gemm": k_w4.GEMM, "nf4_gemv": k_nf4.GEMV,
+            "launch": {"one_launch_split_k": _launch.ONE_LAUNCH_SPLIT_K, "w4a16_gemv": k_w4.GEMV, "w4a16_gemm": k_w4.GEMM, "nf4_gemv": k_nf4.GEMV,
                        "nf4_gemm": k_nf4.GEMM, "llm_int8": k_int8.LAUNCH, "w8a8": k_w8.LAUNCH},
         })
         bench_shapes(bw, save)

@@ -41,6 +41,7 @@ def pick(buckets: list[dict], M: int, override: dict | None = None) -> dict:
 # call is one launch. (Single stream: calls on concurrent streams would share it.)
 
 _WORKSPACES: dict = {}
+ONE_LAUNCH_SPLIT_K = True  # False: memset an fp32 buffer, add into it, cast after (three launches)
 
 
 def split_k_workspace(device, n_values: int, n_tiles: int):
@@ -55,12 +56,29 @@ def split_k_workspace(device, n_values: int, n_tiles: int):
     return ws, cnt
 
 
+def split_k_buffers(x: torch.Tensor, M: int, N: int, tiles: int, split: int):
+    """``(out, ws, cnt, one_launch)`` for a launch whose tiles are split ``split`` ways over K."""
+    out = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    if split == 1:
+        return out, out, out, 1
+    if ONE_LAUNCH_SPLIT_K:
+        ws, cnt = split_k_workspace(x.device, M * N, tiles)
+        return out, ws, cnt, 1
+    ws = torch.zeros(M, N, device=x.device, dtype=torch.float32)
+    return out, ws, ws, 0
+
+
+def split_k_result(out: torch.Tensor, ws: torch.Tensor, one_launch: int) -> torch.Tensor:
+    return out if one_launch else ws.to(out.dtype)
+
+
 @triton.jit
-def store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_om, tile, SPLIT):
+def store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_om, tile, SPLIT, ONE_LAUNCH):
     """Store a program's (BM, BN) fp32 sum ``acc`` into ``out`` (cast to its type).
 
-    ``SPLIT`` programs share the tile: add into the workspace; the last to arrive
-    stores the total and leaves workspace and counter at zero.
+    ``SPLIT`` programs share the tile: add into the workspace; with ``ONE_LAUNCH``
+    the last to arrive stores the total and leaves workspace and counter at zero,
+    otherwise the launcher casts the workspace afterwards.
     """
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
@@ -69,9 +87,12 @@ def store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_om, t
     else:
         wptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
         tl.atomic_add(wptrs, acc, mask=mask)
-        tl.debug_barrier()  # every thread's add is issued before the tile's count moves
-        ticket = tl.atomic_add(cnt_ptr + tile, 1)
-        if ticket == SPLIT - 1:
+        if ONE_LAUNCH:
+            tl.debug_barrier()  # every thread's add is issued before the tile's count moves
+            ticket = tl.atomic_add(cnt_ptr + tile, 1)
+        else:
+            ticket = 0
+        if ONE_LAUNCH and ticket == SPLIT - 1:
             # read the sum where the atomics left it (L2: adding 0 returns it), then clear it
             total = tl.atomic_add(wptrs, tl.zeros_like(acc), mask=mask)
             tl.store(wptrs, tl.zeros_like(acc), mask=mask)

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import check, pick, split_k, split_k_workspace, store_tile
+from ._launch import check, pick, split_k, split_k_buffers, split_k_result, store_tile
 
 from .w8a8 import _round_half_even
 
@@ -75,7 +75,7 @@ def _llm_int8_kernel(
     # pointers
     x_ptr, cb_ptr, flags_ptr, inv_ptr, stat_ptr, scb_ptr, out_ptr, ws_ptr, cnt_ptr,
     # sizes
-    M, N, K, K_PER_PROGRAM, SPLIT,
+    M, N, K, K_PER_PROGRAM, SPLIT, ONE_LAUNCH,
     # strides
     stride_xm, stride_cn, stride_om,
     # meta-parameters
@@ -112,7 +112,7 @@ def _llm_int8_kernel(
     if SPLIT == 1:  # bitsandbytes rounds the int8 part to fp16, then adds the fp16 part in fp32 (addmm, beta = 1)
         y = y.to(tl.float16).to(tl.float32)
     store_tile(y + acc_o, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_om,
-               pid_m * tl.num_programs(1) + pid_n, SPLIT)
+               pid_m * tl.num_programs(1) + pid_n, SPLIT, ONE_LAUNCH)
 
 
 # ------------------------------------------------------------------ launcher
@@ -153,12 +153,12 @@ def llm_int8_matmul(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, thresh
     BLOCK_N, BLOCK_K = p["block_n"], p["block_k"]
     tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
     k_per, split = split_k(K, BLOCK_K, tiles, p["target_programs"])
-    out = torch.empty(M, N, device=x.device, dtype=torch.float16)
-    ws, cnt = split_k_workspace(x.device, M * N, tiles)
+    out, ws, cnt, one = split_k_buffers(x, M, N, tiles, split)
     _llm_int8_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
-        x, CB, flags, inv, stat, SCB, out, ws, cnt, M, N, K, k_per, split, x.stride(0), CB.stride(0), out.stride(0),
+        x, CB, flags, inv, stat, SCB, out, ws, cnt, M, N, K, k_per, split, one,
+        x.stride(0), CB.stride(0), out.stride(0),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
         HAS_OUTLIERS=has_outliers, num_warps=p["num_warps"], num_stages=p["num_stages"],
         enable_fp_fusion=False,  # no FMA contraction: the roundings are bitsandbytes'
     )
-    return out
+    return split_k_result(out, ws, one)

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import check, pick, split_k, split_k_workspace, store_tile
+from ._launch import check, pick, split_k, split_k_buffers, split_k_result, store_tile
 from .w4a16 import x_by_nibble
 
 __all__ = ["dequantize_nf4_ref", "nf4_ref", "nf4_matmul", "nf4_matmul_bnb"]
@@ -108,7 +108,7 @@ def _nf4_gemv_kernel(
     # pointers
     x_ptr, words_ptr, absmax_ptr, code_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, out_ptr, ws_ptr, cnt_ptr,
     # sizes
-    M, N, K, K_PER_PROGRAM, SPLIT,
+    M, N, K, K_PER_PROGRAM, SPLIT, ONE_LAUNCH,
     # strides
     stride_xm, stride_om,
     # meta-parameters
@@ -153,7 +153,7 @@ def _nf4_gemv_kernel(
                 t += _level_term(code_ptr, words, j, xj)
         acc += t * scale
     store_tile(tl.sum(acc, axis=1)[None, :], out_ptr, ws_ptr, cnt_ptr, m + tl.arange(0, 1), offs_n, M, N, stride_om,
-               m * tl.num_programs(1) + pid_n, SPLIT)
+               m * tl.num_programs(1) + pid_n, SPLIT, ONE_LAUNCH)
 
 
 @triton.jit
@@ -161,7 +161,7 @@ def _nf4_gemm_kernel(
     # pointers
     x_ptr, words_ptr, absmax_ptr, code_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, out_ptr, ws_ptr, cnt_ptr,
     # sizes
-    M, N, K, K_PER_PROGRAM, SPLIT,
+    M, N, K, K_PER_PROGRAM, SPLIT, ONE_LAUNCH,
     # strides
     stride_xm, stride_om,
     # meta-parameters
@@ -198,13 +198,13 @@ def _nf4_gemm_kernel(
         else:
             acc += tl.dot(x, tl.trans(w))
     store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_om, pid_m * tl.num_programs(1) + pid_n,
-               SPLIT)
+               SPLIT, ONE_LAUNCH)
 
 
 # ------------------------------------------------------------------ launcher
 
 # launch parameters, chosen on an H100 with `benchmarks/bench_kernels.py --tune`
-GEMV = {"block_n": 32, "block_k": 256, "target_programs": 1056, "num_warps": 8, "x_split": False}
+GEMV = {"block_n": 64, "block_k": 128, "target_programs": 1056, "num_warps": 4, "x_split": True}
 GEMM = [
     {"max_m": 16, "block_n": 128, "block_k": 128, "target_programs": 528, "num_warps": 4, "num_stages": 3,
      "max_block_m": 16},
@@ -257,28 +257,26 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
         BLOCK_K = min(gemv["block_k"], max(8, triton.next_power_of_2(K)))
         n_tiles = triton.cdiv(N, BLOCK_N)
         k_per, split = split_k(K, BLOCK_K, n_tiles * M, gemv["target_programs"])
-        out = torch.empty(M, N, device=x.device, dtype=x.dtype)
-        ws, cnt = split_k_workspace(x.device, M * N, M * n_tiles)
+        out, ws, cnt, one = split_k_buffers(x, M, N, M * n_tiles, split)
         _nf4_gemv_kernel[(M, n_tiles, split)](
-            x, words, absmax, code, absmax_code, absmax2, offset, out, ws, cnt, M, N, K, k_per, split,
+            x, words, absmax, code, absmax_code, absmax2, offset, out, ws, cnt, M, N, K, k_per, split, one,
             x.stride(0), out.stride(0), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, **common, X_SPLIT=gemv["x_split"],
             ALIGNED=K % blocksize == 0 and BLOCK_K % blocksize == 0, num_warps=gemv["num_warps"],
         )
-        return out
+        return split_k_result(out, ws, one)
     gemm = pick(GEMM, M, gemm)
     BLOCK_M = min(max(16, triton.next_power_of_2(M)), gemm["max_block_m"])
     BLOCK_N, BLOCK_K = gemm["block_n"], min(gemm["block_k"], max(16, triton.next_power_of_2(K)))
     tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
     k_per, split = split_k(K, BLOCK_K, tiles, gemm["target_programs"])
-    out = torch.empty(M, N, device=x.device, dtype=x.dtype)
-    ws, cnt = split_k_workspace(x.device, M * N, tiles)
+    out, ws, cnt, one = split_k_buffers(x, M, N, tiles, split)
     _nf4_gemm_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
-        x, words, absmax, code, absmax_code, absmax2, offset, out, ws, cnt, M, N, K, k_per, split,
+        x, words, absmax, code, absmax_code, absmax2, offset, out, ws, cnt, M, N, K, k_per, split, one,
         x.stride(0), out.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, **common,
         DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16,
         num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
     )
-    return out
+    return split_k_result(out, ws, one)
 
 
 def nf4_matmul_bnb(x: torch.Tensor, packed: torch.Tensor, quant_state, **kw) -> torch.Tensor:

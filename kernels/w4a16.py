@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import check, pick, split_k, split_k_workspace, store_tile
+from ._launch import check, pick, split_k, split_k_buffers, split_k_result, store_tile
 
 __all__ = ["w4a16_ref", "w4a16_matmul", "dequantize_gptq_ref"]
 
@@ -111,7 +111,7 @@ def _w4a16_gemv_kernel(
     # pointers
     x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, out_ptr, ws_ptr, cnt_ptr,
     # sizes
-    M, N, K, K_PER_PROGRAM, SPLIT,
+    M, N, K, K_PER_PROGRAM, SPLIT, ONE_LAUNCH,
     # strides
     stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
     # meta-parameters
@@ -163,7 +163,7 @@ def _w4a16_gemv_kernel(
                                    mask_r[:, None] & mask_n[None, :], stride_zg, stride_sg, tl.float32)
                 acc += (_biased((words >> (4 * j)) & 0xF, tl.float32) - z) * s * xj[:, None]
     store_tile(tl.sum(acc, axis=0)[None, :], out_ptr, ws_ptr, cnt_ptr, m + tl.arange(0, 1), offs_n, M, N, stride_om,
-               m * tl.num_programs(1) + pid_n, SPLIT)
+               m * tl.num_programs(1) + pid_n, SPLIT, ONE_LAUNCH)
 
 
 @triton.jit
@@ -202,7 +202,7 @@ def _w4a16_gemm_kernel(
     # pointers
     x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, out_ptr, ws_ptr, cnt_ptr,
     # sizes
-    M, N, K, K_PER_PROGRAM, SPLIT,
+    M, N, K, K_PER_PROGRAM, SPLIT, ONE_LAUNCH,
     # strides
     stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
     # meta-parameters
@@ -228,13 +228,13 @@ def _w4a16_gemm_kernel(
         else:
             acc += tl.dot(x, w)
     store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_om, pid_m * tl.num_programs(1) + pid_n,
-               SPLIT)
+               SPLIT, ONE_LAUNCH)
 
 
 # ------------------------------------------------------------------ launcher
 
 # launch parameters, chosen on an H100 with `benchmarks/bench_kernels.py --tune`
-GEMV = {"block_n": 256, "block_k": 128, "target_programs": 2112, "num_warps": 4, "x_split": False}
+GEMV = {"block_n": 256, "block_k": 128, "target_programs": 2112, "num_warps": 4, "x_split": True}
 # GEMM by M (the first bucket whose max_m holds M); BLOCK_M: the smallest power of two ≥ 16 that holds M,
 # at most max_block_m. Chosen by `bench_kernels.py --tune` (benchmarks/results/tune_h100.log).
 GEMM = [
@@ -284,30 +284,28 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
         BLOCK_N, BLOCK_K = gemv["block_n"], _block_k(gemv["block_k"], GROUP_SIZE)
         n_tiles = triton.cdiv(N, BLOCK_N)
         k_per, split = split_k(K, BLOCK_K, n_tiles * M, gemv["target_programs"])
-        out = torch.empty(M, N, device=x.device, dtype=x.dtype)
-        ws, cnt = split_k_workspace(x.device, M * N, M * n_tiles)
+        out, ws, cnt, one = split_k_buffers(x, M, N, M * n_tiles, split)
         _w4a16_gemv_kernel[(M, n_tiles, split)](
-            x, qweight, qzeros, scales, g_idx, out, ws, cnt, M, N, K, k_per, split,
+            x, qweight, qzeros, scales, g_idx, out, ws, cnt, M, N, K, k_per, split, one,
             x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
             BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_SIZE=GROUP_SIZE, X_SPLIT=gemv["x_split"],
             num_warps=gemv["num_warps"],
         )
-        return out
+        return split_k_result(out, ws, one)
     gemm = pick(GEMM, M, gemm)
     BLOCK_M = min(max(16, triton.next_power_of_2(M)), gemm["max_block_m"])
     BLOCK_N, BLOCK_K = gemm["block_n"], _block_k(gemm["block_k"], GROUP_SIZE)
     tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
     k_per, split = split_k(K, BLOCK_K, tiles, gemm["target_programs"])
-    out = torch.empty(M, N, device=x.device, dtype=x.dtype)
-    ws, cnt = split_k_workspace(x.device, M * N, tiles)
+    out, ws, cnt, one = split_k_buffers(x, M, N, tiles, split)
     _w4a16_gemm_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
-        x, qweight, qzeros, scales, g_idx, out, ws, cnt, M, N, K, k_per, split,
+        x, qweight, qzeros, scales, g_idx, out, ws, cnt, M, N, K, k_per, split, one,
         x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
         GROUP_SIZE=GROUP_SIZE, DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16,
         num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
     )
-    return out
+    return split_k_result(out, ws, one)
 
 
 def _block_k(block_k: int, group: int) -> int:

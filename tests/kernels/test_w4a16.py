@@ -120,3 +120,16 @@ def test_gemv_variants(shape, x_split):
     x = torch.randn(M, K, generator=torch.Generator().manual_seed(3)).half().to(DEVICE)
     got = w4a16_matmul(x, **p, gemv_max_m=2, gemv={"x_split": x_split})
     assert _rel(got, w4a16_ref(x, **p)) < RTOL[torch.float16]
+
+
+def test_split_k_epilogues_agree(monkeypatch):
+    """One launch (last program stores) and three (memset, atomics, cast) give the same sums."""
+    from qtutor.kernels import _launch
+
+    _, p = _packed(512, 64, 128, torch.float16)
+    x = torch.randn(3, 512).half().to(DEVICE)
+    one = [w4a16_matmul(x[:1], **p, gemv={"target_programs": 64}), w4a16_matmul(x, **p, gemm={"target_programs": 64})]
+    monkeypatch.setattr(_launch, "ONE_LAUNCH_SPLIT_K", False)
+    three = [w4a16_matmul(x[:1], **p, gemv={"target_programs": 64}), w4a16_matmul(x, **p, gemm={"target_programs": 64})]
+    for a, b in zip(one, three):
+        assert _rel(a, b) < 1e-3
