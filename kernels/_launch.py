@@ -65,7 +65,7 @@ def split_k_buffers(x: torch.Tensor, M: int, N: int, tiles: int, split: int):
         ws, cnt = split_k_workspace(x.device, M * N, tiles)
         return out, ws, cnt, 1
     ws = torch.zeros(M, N, device=x.device, dtype=torch.float32)
-    return out, ws, ws, 0
+    return out, ws, split_k_workspace(x.device, 1, 1)[1], 0  # counters unused; int32 like the one-launch call
 
 
 def split_k_result(out: torch.Tensor, ws: torch.Tensor, one_launch: int) -> torch.Tensor:
@@ -90,12 +90,10 @@ def store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_om, t
         if ONE_LAUNCH:
             tl.debug_barrier()  # every thread's add is issued before the tile's count moves
             ticket = tl.atomic_add(cnt_ptr + tile, 1)
-        else:
-            ticket = 0
-        if ONE_LAUNCH and ticket == SPLIT - 1:
-            # read the sum where the atomics left it (L2: adding 0 returns it), then clear it
-            total = tl.atomic_add(wptrs, tl.zeros_like(acc), mask=mask)
-            tl.store(wptrs, tl.zeros_like(acc), mask=mask)
-            total = tl.where(mask, total, 0.0)  # masked lanes of an atomic return nothing defined
-            tl.store(ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)
-            tl.atomic_xchg(cnt_ptr + tile, 0)
+            if ticket == SPLIT - 1:
+                # read the sum where the atomics left it (L2: adding 0 returns it), then clear it
+                total = tl.atomic_add(wptrs, tl.zeros_like(acc), mask=mask)
+                tl.store(wptrs, tl.zeros_like(acc), mask=mask)
+                total = tl.where(mask, total, 0.0)  # masked lanes of an atomic return nothing defined
+                tl.store(ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)
+                tl.atomic_xchg(cnt_ptr + tile, 0)
