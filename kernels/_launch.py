@@ -32,16 +32,18 @@ def pick(buckets: list[dict], M: int, override: dict | None = None) -> dict:
 
 # ----------------------------------------------------------- split-K epilogue
 #
-# Splitting K over programs needs their partial sums added. Adding them atomically
-# into a zeroed fp32 buffer and casting it afterwards costs two more launches per
-# call (a memset and a cast) — at batch 1 that is as long as the product itself on
-# the smaller layers. Instead each tile counts its finished slices: the program that
-# finishes last reads the sum back (an atomic add of 0) and zeroes it, casts, stores
-# and resets the count, so the workspace is zero again for the next call and a
-# call is one launch. (Single stream: calls on concurrent streams would share it.)
+# Splitting K over programs needs their partial sums added. The plain way: add them
+# atomically into a zeroed fp32 buffer and cast it afterwards — two more launches per
+# call (a memset and a cast). The one-launch way: each tile counts its finished
+# slices; the program that finishes last reads the sum back (an atomic add of 0) and
+# zeroes it, casts, stores and resets the count, so the shared workspace is zero again
+# for the next call. (Single stream: calls on concurrent streams would share it.)
 
 _WORKSPACES: dict = {}
-ONE_LAUNCH_SPLIT_K = True  # False: memset an fp32 buffer, add into it, cast after (three launches)
+# The one-launch epilogue is the default off: timed against three launches on the same calls on an H100
+# (`bench_kernels.py --ab-split-k`, results/kernels_h100.json "ab_split_k"), it was ~2 µs slower on the
+# mid-sized M = 1 layers under CUDA graphs and even in total. It saves two launches where those cost CPU time.
+ONE_LAUNCH_SPLIT_K = False
 
 
 def split_k_workspace(device, n_values: int, n_tiles: int):

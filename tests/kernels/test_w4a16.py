@@ -94,11 +94,13 @@ def test_split_k_tail_past_k_reads_no_garbage():
     assert _rel(got, w4a16_ref(x, p["qweight"], p["qzeros"], p["scales"], p["g_idx"])) < RTOL[torch.float16]
 
 
-def test_split_k_leaves_its_workspace_clean():
-    """Split-K sums go through a shared fp32 workspace that the last program of each tile reads and
-    clears: a second call (another layer's, say) must start from zeros and give the same answer."""
+def test_split_k_leaves_its_workspace_clean(monkeypatch):
+    """One-launch split-K sums go through a shared fp32 workspace that the last program of each tile
+    reads and clears: a second call (another layer's, say) must start from zeros and give the same answer."""
+    from qtutor.kernels import _launch
     from qtutor.kernels._launch import _WORKSPACES
 
+    monkeypatch.setattr(_launch, "ONE_LAUNCH_SPLIT_K", True)
     _, p = _packed(512, 64, 128, torch.float16)
     x = torch.randn(1, 512).half().to(DEVICE)
     first = w4a16_matmul(x, **p, gemv={"block_k": 64, "target_programs": 64})
@@ -126,6 +128,7 @@ def test_split_k_epilogues_agree(monkeypatch):
     """One launch (last program stores) and three (memset, atomics, cast) give the same sums."""
     from qtutor.kernels import _launch
 
+    monkeypatch.setattr(_launch, "ONE_LAUNCH_SPLIT_K", True)
     _, p = _packed(512, 64, 128, torch.float16)
     x = torch.randn(3, 512).half().to(DEVICE)
     one = [w4a16_matmul(x[:1], **p, gemv={"target_programs": 64}), w4a16_matmul(x, **p, gemm={"target_programs": 64})]
