@@ -36,7 +36,7 @@ def llm_int8_ref(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold
     """bitsandbytes' decomposition, step by step in PyTorch (:func:`qtutor.methods.llm_int8.llm_int8_matmul`)."""
     from qtutor.methods.llm_int8 import llm_int8_matmul as ref
 
-    return ref(x, CB, SCB, threshold)
+    return ref(x, CB, SCB, threshold, use_triton=False)
 
 
 # ------------------------------------------------------------------- kernels

@@ -54,11 +54,20 @@ def vectorwise_quant(x: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Ten
 
 
 def llm_int8_matmul(
-    x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0, use_triton: bool = False
+    x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0, use_triton: bool | None = None
 ) -> torch.Tensor:
-    """``x`` (tokens, K) fp16 times int8 weight ``CB`` (N, K) with row absmax ``SCB`` (N,); fp16 (tokens, N)."""
+    """``x`` (tokens, K) fp16 times int8 weight ``CB`` (N, K) with row absmax ``SCB`` (N,); fp16 (tokens, N).
+
+    ``use_triton``: None (default) runs :mod:`qtutor.kernels.llm_int8` (the whole decomposition in two
+    kernels) on a GPU and bitsandbytes' steps in PyTorch on the CPU; True runs these steps with the
+    int8 product in the Triton W8A8 kernel; False always runs them in PyTorch.
+    """
     if CB.dtype != torch.int8 or CB.ndim != 2 or CB.shape[1] != x.shape[-1]:
         raise ValueError(f"CB must be int8 (N, {x.shape[-1]}), got {CB.dtype} {tuple(CB.shape)}")
+    if use_triton is None and x.is_cuda:
+        from ..kernels.llm_int8 import llm_int8_matmul as fused
+
+        return fused(x.contiguous(), CB, SCB, threshold)
     CA, SCA, cols = vectorwise_quant(x, threshold)
     if use_triton:
         out = int8_matmul(CA, CB, SCA * _INV_127, SCB * _INV_127, out_dtype=torch.float16)
@@ -74,7 +83,7 @@ def llm_int8_matmul(
 class Int8LinearLt(nn.Module):
     """Inference-only LLM.int8() linear layer (weights int8 per output row)."""
 
-    def __init__(self, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0, bias=None, use_triton=False):
+    def __init__(self, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0, bias=None, use_triton=None):
         super().__init__()
         self.register_buffer("CB", CB)
         self.register_buffer("SCB", SCB)
@@ -82,7 +91,7 @@ class Int8LinearLt(nn.Module):
         self.threshold, self.use_triton = threshold, use_triton
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, threshold: float = 6.0, use_triton: bool = False) -> "Int8LinearLt":
+    def from_linear(cls, linear: nn.Linear, threshold: float = 6.0, use_triton: bool | None = None) -> "Int8LinearLt":
         CB, SCB, _ = vectorwise_quant(linear.weight.detach().half())
         return cls(CB, SCB, threshold, linear.bias, use_triton)
 

@@ -78,3 +78,34 @@ def test_bad_input():
         quantize_4bit(torch.tensor([1.0, float("nan")]))
     with pytest.raises(ValueError, match="dtype torch.int8"):
         quantize_4bit(torch.ones(64, dtype=torch.int8))
+
+
+@pytest.mark.parametrize("double_quant", [True, False], ids=["double-quant", "fp32-absmax"])
+def test_nf4_linear_matches_bitsandbytes_linear4bit(smollm2, double_quant):
+    """NF4Linear on a real layer gives what bitsandbytes' Linear4bit gives (CPU: both dequantize and
+    multiply); its Triton path (the GPU path, here in the interpreter) agrees within fp16 rounding."""
+    import bitsandbytes as bnb
+
+    from qtutor.methods.nf4 import NF4Linear
+
+    model, _ = smollm2
+    lin = model.get_submodule("model.layers.4.mlp.up_proj")
+    w = lin.weight.detach().half()
+    ref = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=False, compute_dtype=torch.float16,
+                            compress_statistics=double_quant, quant_type="nf4")
+    ref.load_state_dict({"weight": w})
+    ref = ref.to("cpu").eval()  # quantizes on the move
+    ours = NF4Linear(quantize_4bit(w, NF4Config(double_quant=double_quant)))
+    assert torch.equal(ours.packed, ref.weight.data)
+    x = torch.randn(3, lin.in_features, generator=torch.Generator().manual_seed(0)).half()
+    with torch.no_grad():
+        y_ref, y = ref(x), ours(x)
+        y_kernel = NF4Linear(quantize_4bit(w, NF4Config(double_quant=double_quant)), use_kernel=True)(x)
+    exact = x.float() @ dequantize_4bit(ours.state()).float().T  # the same bytes as bitsandbytes'
+
+    def rel(a, b):
+        return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+    assert rel(y, exact) < 1e-3  # one fp16 rounding of the output
+    assert rel(y_ref, exact) < 8e-3  # bitsandbytes' CPU path multiplies in bfloat16
+    assert rel(y_kernel, exact) < 2e-3
