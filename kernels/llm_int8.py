@@ -16,6 +16,8 @@ File order: reference, Triton kernels, launcher.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -80,6 +82,7 @@ def _llm_int8_kernel(
     stride_xm, stride_cn, stride_om,
     # meta-parameters
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_OUTLIERS: tl.constexpr,
+    SKIP_CLEAN_TILES: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -102,7 +105,12 @@ def _llm_int8_kernel(
         if HAS_OUTLIERS:
             flag = tl.load(flags_ptr + offs_k, mask=mask_k, other=0)
             q = tl.where(flag[None, :] != 0, 0.0, q)
-            if tl.max(flag, axis=0) > 0:  # this K-tile holds outlier columns: their fp16 product
+            if SKIP_CLEAN_TILES:
+                if tl.max(flag, axis=0) > 0:  # this K-tile holds outlier columns: their fp16 product
+                    xo = tl.where(flag[None, :] != 0, x, 0.0)
+                    wo = ((b.to(tl.float32) * scb[None, :]) * 7.874015718698502e-3).to(tl.float16)
+                    acc_o += tl.dot(xo, wo)
+            else:  # every tile: zeros where no column is an outlier
                 xo = tl.where(flag[None, :] != 0, x, 0.0)
                 wo = ((b.to(tl.float32) * scb[None, :]) * 7.874015718698502e-3).to(tl.float16)
                 acc_o += tl.dot(xo, wo)
@@ -122,6 +130,9 @@ LAUNCH = [
     {"max_m": None, "block_n": 128, "block_k": 128, "target_programs": 528, "num_warps": 4, "num_stages": 3,
      "max_block_m": 64},
 ]
+
+
+SKIP_CLEAN_TILES = os.environ.get("QTUTOR_LLM_INT8_SKIP", "1") == "1"  # skip the fp16 product in K-tiles without outliers
 
 
 def llm_int8_matmul(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0,
@@ -158,7 +169,8 @@ def llm_int8_matmul(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, thresh
         x, CB, flags, inv, stat, SCB, out, ws, cnt, M, N, K, k_per, split, one,
         x.stride(0), CB.stride(0), out.stride(0),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-        HAS_OUTLIERS=has_outliers, num_warps=p["num_warps"], num_stages=p["num_stages"],
+        HAS_OUTLIERS=has_outliers, SKIP_CLEAN_TILES=SKIP_CLEAN_TILES, num_warps=p["num_warps"],
+        num_stages=p["num_stages"],
         enable_fp_fusion=False,  # no FMA contraction: the roundings are bitsandbytes'
     )
     return split_k_result(out, ws, one)
