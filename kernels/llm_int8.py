@@ -16,8 +16,6 @@ File order: reference, Triton kernels, launcher.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -132,7 +130,7 @@ LAUNCH = [
 ]
 
 
-SKIP_CLEAN_TILES = os.environ.get("QTUTOR_LLM_INT8_SKIP", "1") == "1"  # skip the fp16 product in K-tiles without outliers
+SKIP_CLEAN_TILES = True  # skip the fp16 product in K-tiles without outlier columns (False: add zeros there)
 
 
 def llm_int8_matmul(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0,

@@ -79,3 +79,12 @@ def test_bad_input_is_reported():
         llm_int8_matmul(x, CB, SCB.half())
     with pytest.raises(ValueError, match="threshold"):
         llm_int8_matmul(x, CB, SCB, -1.0)
+
+
+def test_skipping_outlier_free_tiles_changes_nothing(monkeypatch):
+    from qtutor.kernels import llm_int8 as k
+
+    x, CB, SCB = _case(6, 576, 96, outlier_cols=(200, 450))
+    skip = llm_int8_matmul(x, CB, SCB, 6.0)
+    monkeypatch.setattr(k, "SKIP_CLEAN_TILES", False)
+    assert torch.equal(skip, llm_int8_matmul(x, CB, SCB, 6.0))
