@@ -1,6 +1,8 @@
 """Helpers shared by the kernels: input checks, split-K sizing and epilogue, launch parameters by M."""
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -22,6 +24,23 @@ def split_k(K: int, block_k: int, tiles: int, target_programs: int) -> tuple[int
     split = max(1, min(triton.cdiv(K, block_k), triton.cdiv(target_programs, tiles)))
     k_per = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
     return k_per, triton.cdiv(K, k_per)
+
+
+def tile_grid(M: int, N: int, K: int, p: dict, block_k: int) -> tuple[int, int, tuple, int, int]:
+    """``(BLOCK_M, tiles, grid, k_per_program, split)`` of a split-K tiled product with launch parameters ``p``.
+
+    BLOCK_M is the smallest power of two ≥ 16 that holds M, at most ``p["max_block_m"]``.
+    """
+    BLOCK_M = min(max(16, triton.next_power_of_2(M)), p["max_block_m"])
+    grid_m, grid_n = triton.cdiv(M, BLOCK_M), triton.cdiv(N, p["block_n"])
+    k_per, split = split_k(K, block_k, grid_m * grid_n, p["target_programs"])
+    return BLOCK_M, grid_m * grid_n, (grid_m, grid_n, split), k_per, split
+
+
+def dot_in_fp32(x: torch.Tensor) -> bool:
+    """True in Triton's interpreter for bf16 inputs: its bf16 × bf16 ``tl.dot`` is wrong (triton 3.8), so
+    kernels multiply bf16 tiles as fp32 there (bf16 values are exact in fp32)."""
+    return os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16
 
 
 def pick(buckets: list[dict], M: int, override: dict | None = None) -> dict:

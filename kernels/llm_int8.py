@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import check, pick, split_k, split_k_buffers, split_k_result, store_tile
+from ._launch import check, pick, split_k_buffers, split_k_result, store_tile, tile_grid
 
 from .w8a8 import _round_half_even
 
@@ -158,15 +158,12 @@ def llm_int8_matmul(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, thresh
     _row_stats_kernel[(M,)](x, flags, inv, stat, K, float(threshold), x.stride(0),
                             BLOCK_K=min(1024, triton.next_power_of_2(K)), HAS_OUTLIERS=has_outliers)
     p = pick(LAUNCH, M, launch)
-    BLOCK_M = min(max(16, triton.next_power_of_2(M)), p["max_block_m"])
-    BLOCK_N, BLOCK_K = p["block_n"], p["block_k"]
-    tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
-    k_per, split = split_k(K, BLOCK_K, tiles, p["target_programs"])
+    BLOCK_M, tiles, grid, k_per, split = tile_grid(M, N, K, p, p["block_k"])
     out, ws, cnt, one = split_k_buffers(x, M, N, tiles, split)
-    _llm_int8_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
+    _llm_int8_kernel[grid](
         x, CB, flags, inv, stat, SCB, out, ws, cnt, M, N, K, k_per, split, one,
         x.stride(0), CB.stride(0), out.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+        BLOCK_M=BLOCK_M, BLOCK_N=p["block_n"], BLOCK_K=p["block_k"],
         HAS_OUTLIERS=has_outliers, SKIP_CLEAN_TILES=SKIP_CLEAN_TILES, num_warps=p["num_warps"],
         num_stages=p["num_stages"],
         enable_fp_fusion=False,  # no FMA contraction: the roundings are bitsandbytes'

@@ -19,13 +19,11 @@ reference, Triton kernels, launcher.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import check, pick, split_k, split_k_buffers, split_k_result, store_tile
+from ._launch import check, dot_in_fp32, pick, split_k, split_k_buffers, split_k_result, store_tile, tile_grid
 from .w4a16 import x_by_nibble
 
 __all__ = ["dequantize_nf4_ref", "nf4_ref", "nf4_matmul", "nf4_matmul_bnb"]
@@ -265,16 +263,13 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
         )
         return split_k_result(out, ws, one)
     gemm = pick(GEMM, M, gemm)
-    BLOCK_M = min(max(16, triton.next_power_of_2(M)), gemm["max_block_m"])
-    BLOCK_N, BLOCK_K = gemm["block_n"], min(gemm["block_k"], max(16, triton.next_power_of_2(K)))
-    tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
-    k_per, split = split_k(K, BLOCK_K, tiles, gemm["target_programs"])
+    BLOCK_K = min(gemm["block_k"], max(16, triton.next_power_of_2(K)))
+    BLOCK_M, tiles, grid, k_per, split = tile_grid(M, N, K, gemm, BLOCK_K)
     out, ws, cnt, one = split_k_buffers(x, M, N, tiles, split)
-    _nf4_gemm_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
+    _nf4_gemm_kernel[grid](
         x, words, absmax, code, absmax_code, absmax2, offset, out, ws, cnt, M, N, K, k_per, split, one,
-        x.stride(0), out.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, **common,
-        DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16,
-        num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
+        x.stride(0), out.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=gemm["block_n"], BLOCK_K=BLOCK_K, **common,
+        DOT_FP32=dot_in_fp32(x), num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
     )
     return split_k_result(out, ws, one)
 

@@ -17,13 +17,11 @@ File order: PyTorch reference, Triton kernels, launcher.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import check, pick, split_k, split_k_buffers, split_k_result, store_tile
+from ._launch import check, dot_in_fp32, pick, split_k, split_k_buffers, split_k_result, store_tile, tile_grid
 
 __all__ = ["w4a16_ref", "w4a16_matmul", "dequantize_gptq_ref"]
 
@@ -293,16 +291,13 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
         )
         return split_k_result(out, ws, one)
     gemm = pick(GEMM, M, gemm)
-    BLOCK_M = min(max(16, triton.next_power_of_2(M)), gemm["max_block_m"])
-    BLOCK_N, BLOCK_K = gemm["block_n"], _block_k(gemm["block_k"], GROUP_SIZE)
-    tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
-    k_per, split = split_k(K, BLOCK_K, tiles, gemm["target_programs"])
+    BLOCK_K = _block_k(gemm["block_k"], GROUP_SIZE)
+    BLOCK_M, tiles, grid, k_per, split = tile_grid(M, N, K, gemm, BLOCK_K)
     out, ws, cnt, one = split_k_buffers(x, M, N, tiles, split)
-    _w4a16_gemm_kernel[(triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N), split)](
+    _w4a16_gemm_kernel[grid](
         x, qweight, qzeros, scales, g_idx, out, ws, cnt, M, N, K, k_per, split, one,
         x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-        GROUP_SIZE=GROUP_SIZE, DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16,
+        BLOCK_M=BLOCK_M, BLOCK_N=gemm["block_n"], BLOCK_K=BLOCK_K, GROUP_SIZE=GROUP_SIZE, DOT_FP32=dot_in_fp32(x),
         num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
     )
     return split_k_result(out, ws, one)
