@@ -6,6 +6,9 @@ when the answer is wrong.
 """
 from __future__ import annotations
 
+import functools
+import signal
+import threading
 from collections.abc import Callable
 
 import torch
@@ -16,12 +19,120 @@ __all__ = [
     "CheckFailed", "compare", "check_memory_gb", "check_quantize_asym", "check_group_fake_quant",
     "check_clip_search", "check_outlier_dims", "check_smooth_scales", "check_int8_decomposition",
     "check_nf4_block", "check_q8_0_encoder", "check_k4_scale_packing", "check_gptq_column_step",
-    "check_awq_scale_search", "check_dequant_gemv",
+    "check_awq_scale_search", "check_dequant_gemv", "TIME_LIMIT_S",
 ]
+
+TIME_LIMIT_S = 30.0  # a learner's function that runs longer on a checker's small inputs never returns
 
 
 class CheckFailed(AssertionError):
-    """The learner's answer is wrong; the message says how."""
+    """The learner's answer is wrong; the message says how.
+
+    In a notebook it shows as one line (IPython's ``_render_traceback_``), not as a traceback
+    through this file: the diagnosis is the message.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[31m✘ {self}\x1b[0m"]
+
+
+class _ExerciseOpen(Exception):
+    """The learner's function still raises the stub's NotImplementedError."""
+
+
+class _TimeUp(BaseException):
+    pass
+
+
+def _describe(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Learner:
+    """The learner's function, called the way a checker needs: time-limited, errors in the learner's terms."""
+
+    def __init__(self, fn: Callable):
+        self.fn = getattr(fn, "learner_fn", fn)  # an @exercise-wrapped function: judge the learner's code
+        self.name = getattr(self.fn, "__name__", "your function")
+
+    def __call__(self, *args, **kwargs):
+        use_alarm = threading.current_thread() is threading.main_thread()
+        if use_alarm:
+            def _alarm(signum, frame):
+                raise _TimeUp
+
+            previous = signal.signal(signal.SIGALRM, _alarm)
+            signal.setitimer(signal.ITIMER_REAL, TIME_LIMIT_S)
+        try:
+            result = self.fn(*args, **kwargs)
+        except NotImplementedError:
+            raise _ExerciseOpen from None
+        except _TimeUp:
+            raise CheckFailed(f"{self.name} ran for more than {TIME_LIMIT_S:g} s on a small input: "
+                              "is there a loop that never ends?") from None
+        except CheckFailed:
+            raise
+        except Exception as exc:  # the learner's bug: say what and where, in one line
+            tb = exc.__traceback__
+            line = None
+            while tb is not None:
+                if tb.tb_frame.f_code is getattr(self.fn, "__code__", None):
+                    line = tb.tb_lineno - self.fn.__code__.co_firstlineno + 1
+                tb = tb.tb_next
+            where = f" (line {line} of {self.name})" if line else ""
+            raise CheckFailed(f"{self.name} raised {type(exc).__name__}{where}: {exc}") from None
+        finally:
+            if use_alarm:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+        if result is None:
+            raise CheckFailed(f"{self.name} returned None: did you forget the `return` line?")
+        return result
+
+
+def _tensor(value, what: str, shape: tuple | None = None, floating: bool = False) -> torch.Tensor:
+    """``value`` as a tensor, or a one-line CheckFailed saying what the learner returned instead."""
+    if isinstance(value, str):
+        raise CheckFailed(f"{what} is a string ({_describe(value)}): return a tensor")
+    try:
+        t = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise CheckFailed(f"{what} is a {type(value).__name__}, not a tensor or array of numbers") from None
+    if floating and not (t.is_floating_point() or t.is_complex()):
+        raise CheckFailed(f"{what} has dtype {t.dtype}: return floats (the dequantized values), not integer codes")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise CheckFailed(f"{what} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    return t
+
+
+def _number(value, what: str) -> float:
+    """``value`` as a Python float, or a one-line CheckFailed."""
+    if isinstance(value, str):
+        raise CheckFailed(f"{what} is a string ({_describe(value)}): return a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise CheckFailed(f"{what} is a {type(value).__name__} ({_describe(value)}), not one number") from None
+
+
+def _checker(check: Callable) -> Callable:
+    """Wrap a checker: the learner's function is time-limited and an unfinished stub is 'still open', not a failure."""
+
+    @functools.wraps(check)
+    def run(fn: Callable, *args, **kwargs):
+        if not callable(fn):
+            raise CheckFailed(f"pass your function itself (got a {type(fn).__name__}): {check.__name__}(my_function)")
+        number = getattr(fn, "exercise_number", None)
+        try:
+            return check(_Learner(fn), *args, **kwargs)
+        except _ExerciseOpen:
+            label = f"exercise {number}" if number else f"{getattr(fn, '__name__', 'this exercise')}"
+            print(f"… {label} is still open: replace the `raise NotImplementedError` line above with your code, "
+                  "then run this cell again")
+            return None
+
+    return run
 
 
 def compare(name: str, got, expected, atol: float = 0.0, rtol: float = 0.0) -> None:
@@ -42,6 +153,7 @@ def _ok(msg: str) -> None:
 
 # --- 00: memory ----------------------------------------------------------------
 
+@_checker
 def check_memory_gb(fn: Callable[[float, float], float]) -> None:
     """``fn(n_params, bits_per_weight)`` must return weight memory in GB (10**9 bytes)."""
     cases = [(7e9, 16), (7e9, 4), (70e9, 8), (180e9, 4.5), (135e6, 32)]
@@ -60,6 +172,7 @@ def check_memory_gb(fn: Callable[[float, float], float]) -> None:
 
 # --- 01: asymmetric scale and zero-point ----------------------------------------
 
+@_checker
 def check_quantize_asym(fn: Callable[[torch.Tensor, int], tuple]) -> None:
     """``fn(x, n_bits) -> (q, scale, zero_point)``: per-tensor asymmetric, integer zero-point."""
     gen = torch.Generator().manual_seed(7)
@@ -101,6 +214,7 @@ def check_quantize_asym(fn: Callable[[torch.Tensor, int], tuple]) -> None:
 
 # --- 02: per-group fake quantization -------------------------------------------------
 
+@_checker
 def check_group_fake_quant(fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> None:
     """``fn(w, n_bits, group_size) -> w_hat``: symmetric, groups of consecutive inputs in each row."""
     gen = torch.Generator().manual_seed(11)
@@ -129,6 +243,7 @@ def check_group_fake_quant(fn: Callable[[torch.Tensor, int, int], torch.Tensor])
 
 # --- 03: clipping search -----------------------------------------------------------
 
+@_checker
 def check_clip_search(fn: Callable[[torch.Tensor, int, list], float]) -> None:
     """``fn(x, n_bits, ratios) -> ratio`` minimising the MSE of symmetric per-tensor fake quantization."""
     from .primitives import mse
@@ -153,6 +268,7 @@ def check_clip_search(fn: Callable[[torch.Tensor, int, list], float]) -> None:
 
 # --- 04: outlier dimensions -----------------------------------------------------------
 
+@_checker
 def check_outlier_dims(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     """``fn(x, threshold)``: sorted hidden dims where any token has ``|x| >= threshold``; x is (..., hidden)."""
     x = torch.zeros(2, 5, 8)
@@ -175,6 +291,7 @@ def check_outlier_dims(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> Non
 
 # --- 05: SmoothQuant scales -----------------------------------------------------------------
 
+@_checker
 def check_smooth_scales(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> None:
     """``fn(act_absmax (K,), w (N, K), alpha) -> s (K,)``, SmoothQuant eq. 4."""
     from .methods.smoothquant import smoothing_scales
@@ -203,6 +320,7 @@ def check_smooth_scales(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.
 
 # --- 06: LLM.int8() decomposition ---------------------------------------------------------------
 
+@_checker
 def check_int8_decomposition(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> None:
     """``fn(x (T, K) fp16, w (N, K) fp16, threshold) -> y (T, N)``, the mixed-precision decomposition."""
     from .methods.llm_int8 import llm_int8_matmul, vectorwise_quant
@@ -233,6 +351,7 @@ def check_int8_decomposition(fn: Callable[[torch.Tensor, torch.Tensor, float], t
 
 # --- 09: NF4 block quantization ------------------------------------------------------------
 
+@_checker
 def check_nf4_block(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
     """``fn(x, levels) -> codes``: one block scaled by its absmax, each value to its nearest level."""
     from .methods.nf4 import NF4Config, normal_float_levels, quantize_4bit
@@ -261,6 +380,7 @@ def check_nf4_block(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) ->
 
 # --- 10: GGUF -------------------------------------------------------------------------------------
 
+@_checker
 def check_q8_0_encoder(fn: Callable) -> None:
     """``fn(x) -> blocks``: x (n, 32) float32 -> (n, 34) uint8 Q8_0 blocks (fp16 d, then 32 int8 codes)."""
     import numpy as np
@@ -296,6 +416,7 @@ def check_q8_0_encoder(fn: Callable) -> None:
                       f"{float(np.abs(back - x).max()):.3g} — codes are round(x / d) as int8")
 
 
+@_checker
 def check_k4_scale_packing(fn: Callable) -> None:
     """``fn(ls, lm) -> packed``: eight 6-bit scales and mins per super-block (n, 8) -> 12 bytes (n, 12)."""
     import numpy as np
@@ -340,6 +461,7 @@ def _gptq_with_step(step: Callable, W: torch.Tensor, Hinv: torch.Tensor, scale: 
     return Q
 
 
+@_checker
 def check_gptq_column_step(fn: Callable) -> None:
     """``fn(W1, Hinv1, i, scale, zero, maxq) -> (q, err)``: quantize column i, update W1[:, i:] in place."""
     from .methods.gptq import GPTQ, GPTQConfig, gptq_fake_quant, gptq_grid_params
@@ -381,6 +503,7 @@ def check_gptq_column_step(fn: Callable) -> None:
 
 # --- 08: AWQ's scale search -------------------------------------------------------------
 
+@_checker
 def check_awq_scale_search(fn: Callable) -> None:
     """``fn(linear, x, n_bits, group_size, n_grid) -> (best_ratio, scales)``, judged on ``linear(x)``."""
     import copy
@@ -415,6 +538,7 @@ def check_awq_scale_search(fn: Callable) -> None:
 
 # --- 11: a dequantize-GEMV in Triton --------------------------------------------------
 
+@_checker
 def check_dequant_gemv(fn: Callable) -> None:
     """``fn(x (K,) fp32, qweight, qzeros, scales fp32, group_size) -> y (N,)``: the 4-bit GPTQ-v2 GEMV."""
     from .formats.layouts import pack_gptq

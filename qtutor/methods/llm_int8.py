@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..kernels.w8a8 import int8_matmul
+from ..primitives.intmm import int8_mm
 
 __all__ = ["vectorwise_quant", "outlier_columns", "llm_int8_matmul", "Int8LinearLt"]
 
@@ -72,7 +73,7 @@ def llm_int8_matmul(
     if use_triton:
         out = int8_matmul(CA, CB, SCA * _INV_127, SCB * _INV_127, out_dtype=torch.float16)
     else:
-        acc = torch._int_mm(CA, CB.t()) if not x.is_cuda else (CA.double() @ CB.double().t()).int()
+        acc = int8_mm(CA, CB.t())  # exact int32, as bitsandbytes' int8_linear_matmul
         out = (acc * (SCA.unsqueeze(-1) * SCB.unsqueeze(0)) * _INV_127_SQ).to(torch.float16)
     if cols.numel():
         sub_w = (CB[:, cols].contiguous() * SCB.view(-1, 1) * _INV_127).to(torch.float16).t()  # (|O|, N)

@@ -3,7 +3,8 @@
 Two phases, as everywhere in qtutor: :func:`quantize_weight_int8` produces the
 quantized state, :class:`W8A8Linear` runs it.  On a GPU the matmul runs in the
 Triton kernel of :mod:`qtutor.kernels.w8a8`; on a CPU it uses the same integer
-arithmetic through ``torch._int_mm``.
+arithmetic through :func:`qtutor.primitives.int8_mm` (exact; ``torch._int_mm`` or a float
+matmul, whichever is faster on this CPU).
 
 Asymmetric activations need a correction term.  With ``x = s_x (q_x − z_x)``
 and ``w = s_w q_w``::
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..primitives.intmm import int8_mm
 from ..kernels.w8a8 import int8_matmul, quantize_per_token_ref, w8a8_dynamic
 
 __all__ = [
@@ -57,11 +59,6 @@ def int8_matmul_asym_ref(
     return (acc - cross).float() * s_x.float()[:, None] * s_w.float()[None, :]
 
 
-def _int_mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
-    """Exact int8 × int8 → int32 on the CPU."""
-    return torch._int_mm(a, b_t)
-
-
 def w8a8_linear(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, act: ActQuant) -> torch.Tensor:
     """``x`` (..., K) float through the int8 weight; output (..., N) in ``x.dtype``."""
     x2 = x.reshape(-1, x.shape[-1])  # (tokens, K)
@@ -76,7 +73,7 @@ def w8a8_linear(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, act: ActQ
     if x.is_cuda:
         y = int8_matmul(q_x, q_w, s_x, s_w, out_dtype=torch.float32)
     else:
-        y = _int_mm(q_x, q_w.T).float() * s_x[:, None] * s_w[None, :]
+        y = int8_mm(q_x, q_w.T).float() * s_x[:, None] * s_w[None, :]
     return y.to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
