@@ -64,7 +64,7 @@ def claim(condition, statement: str) -> None:
     print(f"✔ {statement}")
 
 
-def setup_notebook(seed: int = 0, threads: int | None = 2) -> None:
+def setup_notebook(seed: int = 0, threads: int | None = None) -> None:
     """Seed every generator, fix the thread count and silence run-to-run noise.
 
     A fixed thread count keeps float reductions in the same order, so that the
@@ -74,8 +74,9 @@ def setup_notebook(seed: int = 0, threads: int | None = 2) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    if threads is None:  # CI runs the notebooks under QTUTOR_THREADS=1 and compares with outputs made under 2
+        threads = int(os.environ.get("QTUTOR_THREADS", "2"))
+    torch.set_num_threads(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # progress bars (transformers' and compressed-tensors' loaders) print rates that differ run to
     # run, and nbval compares every output; some callers pass disable=False explicitly, so force it
@@ -84,8 +85,9 @@ def setup_notebook(seed: int = 0, threads: int | None = 2) -> None:
     if not getattr(tqdm.std.tqdm, "_qtutor_quiet", False):
         loud_init = tqdm.std.tqdm.__init__
 
-        def quiet_init(self, *args, **kwargs):
-            kwargs["disable"] = True
+        def quiet_init(self, *args, _qtutor: bool = False, **kwargs):
+            if not _qtutor:  # qtutor's own bars (qtutor.progress) stay: they show a long step is moving
+                kwargs["disable"] = True
             loud_init(self, *args, **kwargs)
 
         tqdm.std.tqdm.__init__ = quiet_init
