@@ -33,7 +33,7 @@ test: model
 	$(BIN)/qtutor doctor
 	TRITON_INTERPRET=1 $(BIN)/pytest tests -q
 	$(BIN)/pytest -q --nbval --nbval-current-env --nbval-cell-timeout=900 \
-		--nbval-sanitize-with=notebooks/sanitize.cfg notebooks
+		--nbval-sanitize-with=tests/nbval_sanitize.cfg notebooks
 
 student: setup
 	$(BIN)/python scripts/make_student_notebooks.py --out student

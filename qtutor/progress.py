@@ -2,7 +2,7 @@
 
 The bar is transient (``leave=False``): it shows while the step runs and then
 disappears, so a notebook's saved output holds no timing text. nbval does not
-compare the widget's view, and ``ci/sanitize.cfg`` masks the bar's text form.
+compare the widget's view, and ``tests/nbval_sanitize.cfg`` masks the bar's text form.
 ``QTUTOR_PROGRESS=0`` turns every bar off.
 """
 from __future__ import annotations
