@@ -4,8 +4,10 @@
   used for calibration;
 * calibration domains: WikiText-2 validation (in-domain; its ``<unk>`` markers
   are dropped, because deployed text never holds them), Tiny Shakespeare
-  (out-of-domain prose), and Python source code from this interpreter's
-  standard library (a fixed list of modules, read in a fixed order).
+  (out-of-domain prose), and Python source code: 21 modules of CPython
+  3.11.7's standard library, concatenated once into
+  ``data/python-stdlib-3.11.7.txt`` (provenance in ``data/README.md``), so that
+  the code-domain numbers do not depend on the interpreter that runs them.
 
 Each calibration corpus is split once: the first 90 % of its tokens are the
 calibration pool, the last 10 % a held-out slice for in-domain evaluation.
@@ -15,7 +17,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-import sysconfig
 from pathlib import Path
 
 import torch
@@ -32,7 +33,8 @@ __all__ = [
 
 _EVAL_FILE = "wikitext-2-raw-test.txt"
 _HELDOUT_FRACTION = 0.1
-# Modules present in CPython 3.11's standard library; a missing one is skipped.
+# The code corpus: these CPython 3.11.7 standard-library modules, in this order, joined by blank lines
+# (data/README.md says how the file was made; _code_text_from_stdlib rebuilds it from an interpreter)
 _CODE_MODULES = (
     "argparse.py", "ast.py", "bisect.py", "calendar.py", "collections/__init__.py",
     "contextlib.py", "dataclasses.py", "difflib.py", "enum.py", "fractions.py",
@@ -46,7 +48,7 @@ class Corpus(enum.Enum):
 
     WIKITEXT = "wikitext-2-valid-tokens.txt"
     SHAKESPEARE = "tinyshakespeare.txt"
-    CODE = "python-stdlib"
+    CODE = "python-stdlib-3.11.7.txt"
 
 
 def data_dir() -> Path:
@@ -71,18 +73,15 @@ def verify_checksums() -> dict[str, bool]:
     return result
 
 
-def _code_text() -> str:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    parts = [(stdlib / m).read_text(encoding="utf-8") for m in _CODE_MODULES if (stdlib / m).is_file()]
-    return "\n\n".join(parts)
+def _code_text_from_stdlib(stdlib: Path) -> str:
+    """The code corpus rebuilt from a standard-library folder (how ``data/python-stdlib-3.11.7.txt`` was made)."""
+    return "\n\n".join((stdlib / m).read_text(encoding="utf-8") for m in _CODE_MODULES)
 
 
 def load_text(corpus: Corpus) -> str:
     """The whole text of a calibration corpus."""
     if not isinstance(corpus, Corpus):
         raise ValueError(f"corpus={corpus!r}: must be one of {[c.name for c in Corpus]}")
-    if corpus is Corpus.CODE:
-        return _code_text()
     text = (data_dir() / corpus.value).read_text(encoding="utf-8")
     if corpus is Corpus.WIKITEXT:
         text = text.replace(" <unk>", "")

@@ -1,3 +1,7 @@
+import sys
+import sysconfig
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -6,7 +10,8 @@ from qtutor.data import Corpus, calibration_samples, load_text, tokenize_corpus,
 
 def test_checksums_match():
     result = verify_checksums()
-    assert set(result) == {"tinyshakespeare.txt", "wikitext-2-raw-test.txt", "wikitext-2-valid-tokens.txt"}
+    assert set(result) == {"tinyshakespeare.txt", "wikitext-2-raw-test.txt", "wikitext-2-valid-tokens.txt",
+                           "python-stdlib-3.11.7.txt", "python-stdlib-LICENSE.txt"}
     assert all(result.values()), result
 
 
@@ -18,6 +23,13 @@ def test_unk_markers_dropped():
 def test_code_corpus_is_python_source():
     text = load_text(Corpus.CODE)
     assert "def " in text and "import " in text and len(text) > 200_000
+
+
+@pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7), reason="the code corpus was cut from Python 3.11.7")
+def test_code_corpus_is_its_recipe():
+    from qtutor.data import _code_text_from_stdlib
+
+    assert load_text(Corpus.CODE) == _code_text_from_stdlib(Path(sysconfig.get_paths()["stdlib"]))
 
 
 @pytest.mark.parametrize("corpus", list(Corpus), ids=lambda c: c.name)
