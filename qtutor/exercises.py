@@ -59,3 +59,102 @@ def smooth_scales(act_absmax: torch.Tensor, w: torch.Tensor, alpha: float) -> to
 
 
 # --- notebooks 06-11 -------------------------------------------------------------------------
+
+import contextlib  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402,F811
+
+__all__ += ["int8_decomposed_matmul", "gptq_column_step", "awq_search", "nf4_quantize_block", "q8_0_encode",
+            "pack_k4", "dequant_gemv", "kernel_stub_errors"]
+
+
+def int8_decomposed_matmul(x: torch.Tensor, w: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Exercise 6.1: LLM.int8() of fp16 ``x`` (T, K) and ``w`` (N, K) -> fp16 (T, N), as bitsandbytes computes it."""
+    from .methods.llm_int8 import llm_int8_matmul, vectorwise_quant
+
+    CB, SCB, _ = vectorwise_quant(w)  # (N, K) int8 codes, (N,) row absmax
+    return llm_int8_matmul(x, CB, SCB, threshold, use_triton=False)
+
+
+def gptq_column_step(W1: torch.Tensor, Hinv1: torch.Tensor, i: int, scale: torch.Tensor, zero: torch.Tensor,
+                     maxq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exercise 7.1: quantize column ``i`` of ``W1`` (rows, block) and move ``W1[:, i:]`` in place; ``(q, err)``.
+
+    The inner step of :meth:`qtutor.methods.gptq.GPTQ.quantize` (Frantar et al., 2023, Algorithm 1).
+    """
+    from .methods.gptq import gptq_fake_quant
+
+    w = W1[:, i]
+    q = gptq_fake_quant(w, scale, zero, int(maxq).bit_length())  # (rows,) on the grid
+    err = (w - q) / Hinv1[i, i]
+    W1[:, i:] -= torch.outer(err, Hinv1[i, i:])
+    return q, err
+
+
+def awq_search(linear: torch.nn.Linear, x: torch.Tensor, n_bits: int, group_size: int,
+               n_grid: int) -> tuple[float, torch.Tensor]:
+    """Exercise 8.1: AWQ's grid search over α for one linear judged on its own output; ``(best α, scales (in,))``."""
+    from .methods.awq import search_scales
+
+    scales, ratio, _ = search_scales(linear, [linear], x, n_bits, group_size, n_grid)
+    return ratio, scales
+
+
+def nf4_quantize_block(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Exercise 9.1: index (0-15) of the nearest of ``levels`` for each value of the block ``x`` / absmax."""
+    from .methods.nf4 import _blockwise_codes
+
+    flat = x.reshape(-1).float()
+    codes, _ = _blockwise_codes(flat, levels, flat.numel())  # one block: the whole of x
+    return codes[: flat.numel()].long()
+
+
+def q8_0_encode(x: np.ndarray) -> np.ndarray:
+    """Exercise 10.1: ``x`` (n_blocks, 32) float32 -> (n_blocks, 34) uint8 Q8_0 blocks, as llama.cpp writes them."""
+    from .gguf import quantize_blocks
+
+    return quantize_blocks(x, "Q8_0")
+
+
+def pack_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """Exercise 10.2: eight 6-bit scales and mins per super-block (n, 8) -> (n, 12) bytes (``get_scale_min_k4``)."""
+    from .gguf import pack_scales_k4
+
+    return pack_scales_k4(ls, lm)
+
+
+def dequant_gemv(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                 group_size: int, block_n: int = 32) -> torch.Tensor:
+    """Exercise 11.1: ``y = W x`` for a 4-bit GPTQ-v2 weight; float32 (N,). In PyTorch (``block_n`` is unused).
+
+    ``qweight`` (K/8, N) and ``qzeros`` (K/group_size, N/8) int32, ``scales`` (K/group_size, N) float32.
+    """
+    from .formats.layouts import unpack_gptq
+    from .methods.grid import QuantizedWeight
+
+    g_idx = torch.arange(x.shape[0], dtype=torch.int32) // group_size  # (K,)
+    codes = unpack_gptq({"qweight": qweight, "qzeros": qzeros, "scales": scales, "g_idx": g_idx},
+                        n_bits=4, group_size=group_size, version=2)
+    # the float32 scales as given (a checkpoint stores fp16, which unpack_gptq assumes)
+    qw = QuantizedWeight(codes.q, scales.float().T.contiguous(), codes.zero, g_idx, 4, group_size)
+    return qw.dequantize() @ x.float()  # (N, K) @ (K,)
+
+
+@contextlib.contextmanager
+def kernel_stub_errors() -> Iterator[None]:
+    """Let a stub ``raise NotImplementedError`` inside a ``@triton.jit`` function reach :func:`~qtutor.course.exercise`.
+
+    Triton wraps it: the interpreter in an ``InterpreterError``, the compiler in a
+    ``CompilationError`` that quotes the offending line. Either is re-raised as the
+    ``NotImplementedError`` it stands for; every other error passes unchanged.
+    """
+    try:
+        yield
+    except NotImplementedError:
+        raise
+    except Exception as exc:
+        if type(exc).__module__.startswith("triton") and "NotImplementedError" in str(exc):
+            raise NotImplementedError(f"a Triton function is still a stub ({type(exc).__name__})") from exc
+        raise
