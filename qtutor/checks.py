@@ -91,19 +91,27 @@ class _Learner:
         return result
 
 
-def _tensor(value, what: str, shape: tuple | None = None, floating: bool = False) -> torch.Tensor:
+def _tensor(value, what: str, shape: tuple | None = None, floating: bool = False, finite: bool = True) -> torch.Tensor:
     """``value`` as a tensor, or a one-line CheckFailed saying what the learner returned instead."""
     if isinstance(value, str):
         raise CheckFailed(f"{what} is a string ({_describe(value)}): return a tensor")
-    try:
-        t = torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError):
-        raise CheckFailed(f"{what} is a {type(value).__name__}, not a tensor or array of numbers") from None
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+    else:
+        try:
+            t = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise CheckFailed(f"{what} is a {type(value).__name__}, not a tensor or array of numbers") from None
+    if t.dtype == torch.bool and floating:
+        raise CheckFailed(f"{what} has dtype torch.bool (True/False): return the numbers themselves")
     if floating and not (t.is_floating_point() or t.is_complex()):
         raise CheckFailed(f"{what} has dtype {t.dtype}: return floats (the dequantized values), not integer codes")
     if shape is not None and tuple(t.shape) != tuple(shape):
         raise CheckFailed(f"{what} has shape {tuple(t.shape)}, expected {tuple(shape)}")
-    return t
+    if finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        n_bad = int((~torch.isfinite(t)).sum())
+        raise CheckFailed(f"{what} holds {n_bad} NaN or inf value(s): a division by zero, or the power of a negative number?")
+    return t.cpu()
 
 
 def _number(value, what: str) -> float:
@@ -111,26 +119,78 @@ def _number(value, what: str) -> float:
     if isinstance(value, str):
         raise CheckFailed(f"{what} is a string ({_describe(value)}): return a number")
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError, RuntimeError):
         raise CheckFailed(f"{what} is a {type(value).__name__} ({_describe(value)}), not one number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise CheckFailed(f"{what} is {number}: a division by zero?")
+    return number
+
+
+def _array(value, what: str):
+    """``value`` as a numpy array of numbers (for the GGUF exercises), or a one-line CheckFailed."""
+    import numpy as np
+
+    if isinstance(value, str):
+        raise CheckFailed(f"{what} is a string ({_describe(value)}): return a numpy array")
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise CheckFailed(f"{what} is a {type(value).__name__}, not an array of numbers") from None
+    if a.dtype.kind not in "biuf":
+        raise CheckFailed(f"{what} is a {type(value).__name__} of {a.dtype} values, not an array of numbers")
+    return a
+
+
+def _parts(value, n: int, what: str, names: str) -> tuple:
+    """The ``n`` values of a learner's tuple, or a one-line CheckFailed naming what it should be."""
+    if isinstance(value, (tuple, list)) and len(value) == n:
+        return tuple(value)
+    if isinstance(value, (tuple, list)):
+        raise CheckFailed(f"{what} returned {len(value)} values, expected {n}: return {names}")
+    raise CheckFailed(f"{what} returned a {type(value).__name__}, expected {n} values: return {names}")
+
+
+def _pair(got: float, want: float) -> tuple[str, str]:
+    """``got`` and ``want`` printed with enough digits that different values never look the same."""
+    for digits in (6, 8, 10, 13, 17):
+        a, b = f"{got:.{digits}g}", f"{want:.{digits}g}"
+        if a != b or got == want:
+            return a, b
+    return repr(got), repr(want)
+
+
+def _integral(t: torch.Tensor) -> bool:
+    return not t.is_floating_point() or bool(torch.equal(t, t.round()))
 
 
 def _checker(check: Callable) -> Callable:
-    """Wrap a checker: the learner's function is time-limited and an unfinished stub is 'still open', not a failure."""
+    """Wrap a checker: the learner's function is time-limited and an unfinished stub is 'still open', not a failure.
+
+    Whatever else goes wrong while judging the learner's answer becomes a one-line CheckFailed too:
+    a learner never sees a traceback through this file.
+    """
 
     @functools.wraps(check)
     def run(fn: Callable, *args, **kwargs):
         if not callable(fn):
             raise CheckFailed(f"pass your function itself (got a {type(fn).__name__}): {check.__name__}(my_function)")
         number = getattr(fn, "exercise_number", None)
+        learner = _Learner(fn)
         try:
-            return check(_Learner(fn), *args, **kwargs)
+            return check(learner, *args, **kwargs)
         except _ExerciseOpen:
             label = f"exercise {number}" if number else f"{getattr(fn, '__name__', 'this exercise')}"
             print(f"… {label} is still open: replace the `raise NotImplementedError` line above with your code, "
                   "then run this cell again")
             return None
+        except CheckFailed:
+            raise
+        except Exception as exc:  # an answer of a shape or type no check above foresaw
+            raise CheckFailed(f"could not judge what {learner.name} returned ({type(exc).__name__}: {exc}): "
+                              "check the types and shapes the exercise asks for") from None
 
     return run
 
@@ -157,16 +217,25 @@ def _ok(msg: str) -> None:
 def check_memory_gb(fn: Callable[[float, float], float]) -> None:
     """``fn(n_params, bits_per_weight)`` must return weight memory in GB (10**9 bytes)."""
     cases = [(7e9, 16), (7e9, 4), (70e9, 8), (180e9, 4.5), (135e6, 32)]
+    got_all, want_all = [], []
     for n, b in cases:
-        got, want = float(fn(n, b)), n * b / 8 / 1e9
+        call = f"{fn.name}({n:.4g}, {b})"
+        got, want = _number(fn(n, b), call), n * b / 8 / 1e9
+        got_all.append(got)
+        want_all.append(want)
         if abs(got - want) <= 1e-9 * want:
             continue
+        g, w = _pair(got, want)
         if abs(got - want * 1e9 / 2**30) <= 1e-6 * want:
-            raise CheckFailed(f"fn({n:.3g}, {b}) = {got:.4g}: that is GiB (2**30 bytes); the table uses GB (10**9 bytes)")
+            raise CheckFailed(f"{call} = {g}: that is GiB (2**30 bytes); the table uses GB (10**9 bytes)")
         if abs(got - want * 8) <= 1e-6 * want:
-            raise CheckFailed(f"fn({n:.3g}, {b}) = {got:.4g}: you counted bits, not bytes (divide by 8)")
-        raise CheckFailed(f"fn({n:.3g}, {b}) = {got:.4g}, expected {want:.4g} GB")
-    compare("memory (GB)", [fn(n, b) for n, b in cases], [n * b / 8 / 1e9 for n, b in cases], rtol=1e-9)
+            raise CheckFailed(f"{call} = {g}: you counted bits, not bytes (divide by 8)")
+        if abs(got - want * 1e9) <= 1e-6 * want * 1e9:
+            raise CheckFailed(f"{call} = {g}: that is bytes; divide by 10**9 for GB")
+        if abs(got - n * b / 1e9 / 16) <= 1e-6 * want or abs(got - n / b / 8 / 1e9) <= 1e-6 * want:
+            raise CheckFailed(f"{call} = {g}, expected {w} GB: bytes = n_params × bits_per_weight / 8")
+        raise CheckFailed(f"{call} = {g}, expected {w} GB")
+    compare("memory (GB)", got_all, want_all, rtol=1e-9)
     _ok("memory formula correct")
 
 
@@ -183,50 +252,96 @@ def check_quantize_asym(fn: Callable[[torch.Tensor, int], tuple]) -> None:
     ]
     for n_bits in (8, 4):
         spec = QuantSpec(n_bits=n_bits, symmetric=False)
-        for i, x in enumerate(inputs):
-            q, scale, zp = fn(x.clone(), n_bits)
-            qp = choose_qparams(x, spec)
-            want_q = quantize(x, qp, spec)
+        qmax = spec.qmax
+        # -min / scale = 1.5 exactly, a rounding tie: zero_point = round(1.5) = 2, and the largest value
+        # (qmax - 1.5) · scale rounds to qmax - 1 (half to even) + 2 = qmax + 1 — only the clamp keeps it in range
+        tie = torch.cat([torch.tensor([-1.5, qmax - 1.5]), torch.linspace(-1.2, qmax - 2.0, 30)]) * 0.25
+        for i, x in enumerate([*inputs, tie]):
             where = f"input {i} ({n_bits}-bit)"
-            scale = float(scale)
-            if abs(scale - qp.scale.item()) > 1e-6 * qp.scale.item():
+            q, scale, zp = _parts(fn(x.clone(), n_bits), 3, f"{fn.name}(x, {n_bits})", "(q, scale, zero_point)")
+            scale = _number(scale, f"{where}: scale")
+            zp = _number(zp, f"{where}: zero_point")
+            q = _tensor(q, f"{where}: q", shape=tuple(x.shape))
+            qp = choose_qparams(x, spec)
+            want_q = quantize(x, qp, spec).long()
+            want_scale, want_zp = qp.scale.item(), int(qp.zero_point)
+            if abs(scale - want_scale) > 1e-6 * want_scale:
                 hint = ""
-                if abs(scale - (x.max() - x.min()).item() / spec.qmax) < 1e-6:
+                if abs(scale - (x.max() - x.min()).item() / qmax) < 1e-6 * want_scale:
                     hint = " — the range must include 0.0: use min(x.min(), 0) and max(x.max(), 0)"
-                elif abs(scale - qp.scale.item() * spec.qmax / 2**n_bits) < 1e-6 * qp.scale.item():
-                    hint = f" — divide by 2**n_bits - 1 = {spec.qmax}, the number of steps, not by 2**n_bits"
-                raise CheckFailed(f"{where}: scale {scale:.6g}, expected {qp.scale.item():.6g}{hint}")
-            if int(round(float(zp))) != int(qp.zero_point):
-                raise CheckFailed(
-                    f"{where}: zero_point {zp}, expected {int(qp.zero_point)} — round(-min / scale), an integer code"
-                )
-            q = torch.as_tensor(q)
-            if q.is_floating_point() and not torch.equal(q, q.round()):
+                elif abs(scale - want_scale * qmax / 2**n_bits) < 1e-6 * want_scale:
+                    hint = f" — divide by 2**n_bits - 1 = {qmax}, the number of steps, not by 2**n_bits"
+                elif abs(scale - want_scale * qmax / (qmax - 1)) < 1e-6 * want_scale:
+                    hint = f" — divide by 2**n_bits - 1 = {qmax}, not by 2**n_bits - 2"
+                elif abs(scale - 1 / want_scale) < 1e-6 / want_scale:
+                    hint = " — that is 1 / scale: scale = (max - min) / (2**n_bits - 1)"
+                g, w = _pair(scale, want_scale)
+                raise CheckFailed(f"{where}: scale {g}, expected {w}{hint}")
+            if zp != round(zp):
+                raise CheckFailed(f"{where}: zero_point {zp:.6g} is not an integer — round(-min / scale), an integer code")
+            if int(zp) != want_zp:
+                hint = " (it must be ≥ 0: -min / scale, with min ≤ 0)" if zp < 0 else ""
+                raise CheckFailed(f"{where}: zero_point {int(zp)}, expected {want_zp} — "
+                                  f"round(-min / scale), an integer code{hint}")
+            if q.dtype == torch.bool or q.is_complex():
+                raise CheckFailed(f"{where}: q has dtype {q.dtype}: return the integer codes")
+            if not _integral(q):
                 raise CheckFailed(f"{where}: q holds fractions — round to the nearest integer")
-            if int(q.min()) < 0 or int(q.max()) > spec.qmax:
-                raise CheckFailed(f"{where}: codes span [{int(q.min())}, {int(q.max())}] — clamp to [0, {spec.qmax}]")
-            if not torch.equal(q.long(), want_q.long()):
-                n_bad = int((q.long() != want_q.long()).sum())
-                raise CheckFailed(f"{where}: {n_bad} codes differ from qtutor.quantize")
-        compare(f"codes ({n_bits}-bit)", q.long(), want_q.long())
+            got_q = q.long()
+            if torch.equal(got_q, want_q):
+                continue
+            if torch.equal(got_q, want_q - want_zp) or torch.equal(got_q, torch.round(x / want_scale).long()):
+                raise CheckFailed(f"{where}: q is round(x / scale) without the zero-point — add zero_point = {want_zp}")
+            if int(got_q.min()) < 0 or int(got_q.max()) > qmax:
+                extra = (f": here -min / scale = 1.5 rounds up to zero_point {want_zp}, which pushes the largest value "
+                         f"one code past {qmax}") if i == len(inputs) else ""
+                raise CheckFailed(f"{where}: codes span [{int(got_q.min())}, {int(got_q.max())}] — "
+                                  f"clamp to [0, {qmax}]{extra}")
+            floor_q = (torch.floor(x / want_scale) + want_zp).clamp(0, qmax).long()
+            if torch.equal(got_q, floor_q):
+                raise CheckFailed(f"{where}: codes are rounded down — use torch.round (nearest), not floor or int()")
+            n_bad = int((got_q != want_q).sum())
+            raise CheckFailed(f"{where}: {n_bad} of {x.numel()} codes differ from qtutor.quantize "
+                              "(q = clamp(round(x / scale) + zero_point, 0, 2**n_bits - 1))")
+        compare(f"codes ({n_bits}-bit)", got_q, want_q)
     _ok("asymmetric quantization matches qtutor")
 
 
 # --- 02: per-group fake quantization -------------------------------------------------
 
+def _sym_group_fake_quant(w: torch.Tensor, qmax: int, gs: int, rounding=torch.round) -> torch.Tensor:
+    """Symmetric group-wise fake quantization with a given ``qmax`` and rounding (the learners' variants)."""
+    wg = w.reshape(w.shape[0], -1, gs)
+    scale = wg.abs().amax(-1, keepdim=True) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (torch.clamp(rounding(wg / scale), -qmax - 1, qmax) * scale).reshape(w.shape)
+
+
 @_checker
 def check_group_fake_quant(fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> None:
     """``fn(w, n_bits, group_size) -> w_hat``: symmetric, groups of consecutive inputs in each row."""
+    # no missing-clamp case here: with scale = max|w| / qmax per group, round(w / scale) never leaves ±qmax
     gen = torch.Generator().manual_seed(11)
     w = torch.randn(24, 192, generator=gen)
     w[3, 70] = 12.0  # one outlier: only its own group should suffer
+    w[5, 128:] = 0.0  # an all-zero group: scale 0 must not turn into NaN
+    shown = None
     for n_bits, gs in ((4, 64), (3, 32), (8, 192)):
-        got = torch.as_tensor(fn(w.clone(), n_bits, gs))
-        want = fake_quant(w, QuantSpec(n_bits=n_bits, granularity=PerGroup(gs)))
+        label_call = f"{fn.name}(w, {n_bits}, {gs})"
+        got = _tensor(fn(w.clone(), n_bits, gs), label_call, floating=True, finite=False)
         if got.shape != w.shape:
             raise CheckFailed(f"w_hat has shape {tuple(got.shape)}: reshape back to {tuple(w.shape)}")
+        got = got.float()
+        if not bool(torch.isfinite(got).all()):
+            rows = sorted({int(r) for r in (~torch.isfinite(got)).nonzero()[:, 0]})
+            hint = (" — w[5, 128:] is all zero, so its scale is 0 and 0 / 0 = NaN: use scale 1 where it is 0"
+                    if rows == [5] else "")
+            raise CheckFailed(f"{n_bits}-bit g{gs}: w_hat holds NaN or inf in rows {rows}{hint}")
+        want = fake_quant(w, QuantSpec(n_bits=n_bits, granularity=PerGroup(gs)))
         if torch.allclose(got, want, atol=1e-6):
+            shown = (got, want) if shown is None else shown
             continue
+        qmax = 2 ** (n_bits - 1) - 1
         for label, spec in (
             ("per-tensor", QuantSpec(n_bits=n_bits, granularity=PerTensor())),
             ("per-channel (one scale per row)", QuantSpec(n_bits=n_bits, granularity=PerChannel(0))),
@@ -236,8 +351,19 @@ def check_group_fake_quant(fn: Callable[[torch.Tensor, int, int], torch.Tensor])
             if spec is not None and torch.allclose(got, fake_quant(w, spec), atol=1e-6):
                 raise CheckFailed(f"{n_bits}-bit g{gs}: your result equals {label} quantization — "
                                   "view w as (rows, n_groups, group_size) and reduce over the last axis")
+        for wrong_qmax in (2 ** (n_bits - 1), 2**n_bits - 1, 2**n_bits):
+            if torch.allclose(got, _sym_group_fake_quant(w, wrong_qmax, gs), atol=1e-6):
+                raise CheckFailed(f"{n_bits}-bit g{gs}: you used qmax = {wrong_qmax}; symmetric {n_bits}-bit codes "
+                                  f"go from -{qmax} to {qmax}: qmax = 2**(n_bits - 1) - 1 = {qmax}")
+        for rounding, name in ((torch.floor, "floor"), (torch.trunc, "trunc / int()")):
+            if torch.allclose(got, _sym_group_fake_quant(w, qmax, gs, rounding), atol=1e-6):
+                raise CheckFailed(f"{n_bits}-bit g{gs}: you rounded with {name}: use torch.round (nearest)")
+        if torch.allclose(got, w, atol=1e-6):
+            raise CheckFailed(f"{n_bits}-bit g{gs}: w_hat equals w: quantize (round w / scale), then multiply back")
+        if _integral(got) and float(got.abs().max()) <= 2**n_bits:
+            raise CheckFailed(f"{n_bits}-bit g{gs}: w_hat holds the integer codes: multiply them back by the scale")
         raise CheckFailed(f"{n_bits}-bit g{gs}: max diff {float((got - want).abs().max()):.3g} from qtutor.fake_quant")
-    compare("w_hat (4-bit g64)", fn(w.clone(), 4, 64), fake_quant(w, QuantSpec(n_bits=4, granularity=PerGroup(64))), atol=1e-6)
+    compare("w_hat (4-bit g64)", *shown, atol=1e-6)
     _ok("group-wise fake quantization matches qtutor")
 
 
@@ -252,16 +378,24 @@ def check_clip_search(fn: Callable[[torch.Tensor, int, list], float]) -> None:
     ratios = [round(0.3 + 0.05 * i, 2) for i in range(15)]
     for n_bits, x in ((4, torch.randn(4096, generator=gen)), (8, torch.randn(4096, generator=gen) ** 3),
                       (3, torch.distributions.Laplace(0.0, 1.0).sample((4096,)))):
-        errs = {r: mse(x, fake_quant(x, QuantSpec(n_bits=n_bits, clip_ratio=r))) for r in ratios}
+        errs = {r: float(mse(x, fake_quant(x, QuantSpec(n_bits=n_bits, clip_ratio=r)))) for r in ratios}
         want = min(errs, key=errs.get)
-        got = fn(x.clone(), n_bits, list(ratios))
-        if got not in errs:
-            raise CheckFailed(f"{n_bits}-bit: returned {got!r}, which is not one of the candidate ratios")
+        got = _number(fn(x.clone(), n_bits, list(ratios)), f"{fn.name}(x, {n_bits}, ratios)")
+        match = [r for r in ratios if abs(r - got) <= 1e-6]
+        if not match:
+            hint = ""
+            if got == int(got) and 0 <= got < len(ratios):
+                hint = f" — that looks like an index: return ratios[{int(got)}] = {ratios[int(got)]}, the ratio itself"
+            elif any(abs(got - e) <= 1e-6 * e for e in errs.values()):
+                hint = " — that is an error (MSE): return the ratio that gives the smallest one"
+            raise CheckFailed(f"{n_bits}-bit: returned {got:.8g}, which is not one of the candidate ratios{hint}")
+        got = match[0]
         if got != want:
             worst = max(errs, key=errs.get)
             hint = " — that is the ratio with the LARGEST error" if got == worst else ""
-            raise CheckFailed(f"{n_bits}-bit: returned ratio {got} (MSE {errs[got]:.4g}); "
-                              f"the best is {want} (MSE {errs[want]:.4g}){hint}")
+            g, w = _pair(errs[got], errs[want])
+            raise CheckFailed(f"{n_bits}-bit: returned ratio {got} (MSE {g}); "
+                              f"the best is {want} (MSE {w}){hint}")
     print(f"{'best ratios':<22} exact: True  | approx: True  | max diff: 0")
     _ok("clipping search matches qtutor")
 
@@ -276,15 +410,25 @@ def check_outlier_dims(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> Non
     x[1, 4, 6] = -9.0      # negative outliers count
     x[0, 0, 1] = 5.99
     want = [3, 6]
-    got = torch.as_tensor(fn(x.clone(), 6.0)).flatten().tolist()
+    t = _tensor(fn(x.clone(), 6.0), f"{fn.name}(x, 6.0)")
+    if t.dtype == torch.bool or (t.numel() == x.shape[-1] and set(t.flatten().tolist()) <= {0, 1}
+                                 and t.flatten().tolist() != want):
+        raise CheckFailed("you returned a mask over the hidden dims: return the indices of the True entries "
+                          "(mask.nonzero().flatten())")
+    if t.is_complex() or not _integral(t):
+        raise CheckFailed(f"the dims must be integer indices, got {_describe(t.flatten().tolist())}")
+    got = t.flatten().long().tolist()
     if got == [6]:
         raise CheckFailed("dim 3 holds exactly 6.0: LLM.int8() counts |x| >= threshold, not >")
     if got == [3]:
         raise CheckFailed("dim 6 holds -9.0: compare |x|, not x")
     if sorted(got) == want and got != want:
         raise CheckFailed("return the dims sorted in increasing order")
+    if got != want and sorted(set(got)) == want:
+        raise CheckFailed(f"got {got}: return each dim once (reduce with .any over the tokens, then .nonzero())")
     if got != want:
-        raise CheckFailed(f"got {got}, expected {want} (x has shape (batch, seq, hidden): reduce over all but the last axis)")
+        raise CheckFailed(f"got {_describe(got)}, expected {want} "
+                          "(x has shape (batch, seq, hidden): reduce over all but the last axis)")
     compare("outlier dims", got, want)
     _ok("outlier dimensions match")
 
@@ -299,26 +443,65 @@ def check_smooth_scales(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.
     gen = torch.Generator().manual_seed(5)
     act = torch.rand(32, generator=gen) * 10 + 0.1
     w = torch.randn(16, 32, generator=gen)
+    shown = None
     for alpha in (0.5, 0.8, 0.25):
-        got = torch.as_tensor(fn(act.clone(), w.clone(), alpha))
+        got = _tensor(fn(act.clone(), w.clone(), alpha), f"s = {fn.name}(act_absmax, w, {alpha})", floating=True)
         want = smoothing_scales(act, [w], alpha)
         if got.shape != want.shape:
-            raise CheckFailed(f"s has shape {tuple(got.shape)}: one scale per input channel, shape {tuple(want.shape)}")
+            hint = " — reduce W over its output axis (dim 0): one value per input channel" \
+                if tuple(got.shape) == (w.shape[0],) else ""
+            raise CheckFailed(f"s has shape {tuple(got.shape)}: one scale per input channel, "
+                              f"shape {tuple(want.shape)}{hint}")
+        got = got.float()
         if torch.allclose(got, want, rtol=1e-5):
+            shown = (got, want) if shown is None else shown
             continue
         if torch.allclose(got, smoothing_scales(act, [w], 1 - alpha), rtol=1e-5):
             raise CheckFailed(f"alpha={alpha}: exponents swapped — max|X|^alpha / max|W|^(1-alpha)")
+        if torch.allclose(got, 1 / want, rtol=1e-5):
+            raise CheckFailed(f"alpha={alpha}: you return 1 / s — s = max|X|^alpha / max|W|^(1-alpha)")
         w_max = w.amax(0).clamp(min=1e-5)
         if torch.allclose(got, act.pow(alpha) / w_max.pow(1 - alpha), rtol=1e-5):
             raise CheckFailed("use max |W| over the output dimension (abs before max)")
         if torch.allclose(got, act.pow(alpha) / w.abs().amax(1).mean().pow(1 - alpha), rtol=1e-5):
             raise CheckFailed("reduce W over its output axis (dim 0): one value per input channel")
+        if torch.allclose(got, act.pow(alpha) / w.abs().amax().pow(1 - alpha), rtol=1e-5):
+            raise CheckFailed("max|W| must be per input channel (amax over dim 0), not over the whole matrix")
         raise CheckFailed(f"alpha={alpha}: max diff {float((got - want).abs().max()):.3g} from qtutor's smoothing_scales")
-    compare("scales (alpha=0.5)", fn(act.clone(), w.clone(), 0.5), smoothing_scales(act, [w], 0.5), rtol=1e-5)
+    # a weight column of zeros (a pruned input channel): max|W| = 0 must be clamped, or s is inf
+    w0 = w.clone()
+    w0[:, 7] = 0.0
+    got = _tensor(fn(act.clone(), w0.clone(), 0.5), f"s = {fn.name}(act_absmax, w, 0.5)", shape=(32,),
+                  floating=True, finite=False).float()
+    want = smoothing_scales(act, [w0], 0.5)
+    if not bool(torch.isfinite(got).all()):
+        raise CheckFailed("column 7 of W is all zero here, and s[7] comes out inf or NaN: clamp max|W| at 1e-5 "
+                          "before dividing (w.abs().amax(dim=0).clamp(min=1e-5))")
+    if not torch.allclose(got, want, rtol=1e-5):
+        g, ww = _pair(float(got[7]), float(want[7]))
+        raise CheckFailed(f"column 7 of W is all zero: s[7] = {g}, expected {ww} — clamp max|W| at 1e-5, "
+                          "as SmoothQuant does")
+    compare("scales (alpha=0.5)", *shown, rtol=1e-5)
     _ok("SmoothQuant scales match qtutor")
 
 
 # --- 06: LLM.int8() decomposition ---------------------------------------------------------------
+
+def _int8_decomposition_variant(x: torch.Tensor, w: torch.Tensor, threshold: float, strict: bool = False,
+                                outliers_in_scale: bool = False) -> torch.Tensor:
+    """The decomposition in float32 with one of the learners' slips (``>``, outliers setting the row scale)."""
+    xf, wf = x.float(), w.float()
+    is_out = xf.abs() > threshold if strict else xf.abs() >= threshold
+    cols = is_out.any(0)
+    masked = xf.masked_fill(is_out, 0)
+    s_x = (xf if outliers_in_scale else masked).abs().amax(1).clamp(min=1e-12)
+    s_w = wf.abs().amax(1)
+    c_x = torch.round(masked * (127 / s_x[:, None]))
+    c_x[:, cols] = 0
+    c_w = torch.round(wf * (127 / s_w[:, None]))
+    w_hat = (c_w * s_w[:, None] / 127).half().float()
+    return (c_x @ c_w.T) * (s_x[:, None] * s_w[None, :]) / 127**2 + xf[:, cols] @ w_hat[:, cols].T
+
 
 @_checker
 def check_int8_decomposition(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> None:
@@ -332,20 +515,47 @@ def check_int8_decomposition(fn: Callable[[torch.Tensor, torch.Tensor, float], t
     w = (torch.randn(24, 64, generator=gen) * 0.1).half()
     CB, SCB, _ = vectorwise_quant(w)
     want = llm_int8_matmul(x, CB, SCB, 6.0).float()
-    got = torch.as_tensor(fn(x.clone(), w.clone(), 6.0)).float()
-    if got.shape != want.shape:
-        raise CheckFailed(f"y has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    got = _tensor(fn(x.clone(), w.clone(), 6.0), f"y = {fn.name}(x, w, 6.0)", shape=tuple(want.shape),
+                  floating=True).float()
     tol = 0.003 * float(want.abs().max())  # fp16 rounding, not int8 error, may differ
+
+    def near(value: torch.Tensor) -> bool:
+        return float((got - value.float()).abs().max()) <= tol
+
     err = float((got - want).abs().max())
     if err > tol:
-        no_outliers = llm_int8_matmul(x, CB, SCB, 0.0).float()
-        if float((got - no_outliers).abs().max()) <= tol:
+        if near(llm_int8_matmul(x, CB, SCB, 0.0)):
             raise CheckFailed("your result ignores the outlier columns: they must go through the 16-bit path")
-        exact = (x.float() @ w.float().T)
-        if float((got - exact).abs().max()) <= 1e-2:
+        if near(x.float() @ w.float().T) and float((x.float() @ w.float().T - want).abs().max()) > tol:
             raise CheckFailed("your result equals the fp16 product: the non-outlier part must be quantized to int8")
-        raise CheckFailed(f"max diff {err:.3g} from qtutor's llm_int8_matmul (tolerance {tol:.3g})")
-    compare("y", got, want, atol=tol)
+        if near(_int8_decomposition_variant(x, w, 6.0, outliers_in_scale=True)):
+            raise CheckFailed("the outliers set the row scales of x: zero them (x.masked_fill(|x| >= threshold, 0)) "
+                              "before taking each row's max |x|")
+        if near(x.float()[:, [5, 40]] @ w.float()[:, [5, 40]].T):
+            raise CheckFailed("your result is only the 16-bit part: add the int8 product of the other columns")
+        raise CheckFailed(f"max diff {err:.4g} from qtutor's llm_int8_matmul (tolerance {tol:.4g})")
+    shown = (got, want, tol)
+    # x[1, 9] is exactly the threshold: with `>` instead of `>=` column 9 is quantized with the others and
+    # 6.0 sets row 1's scale (4x its other values), which costs 5x the tolerance
+    gen = torch.Generator().manual_seed(0)
+    x2 = (torch.randn(8, 64, generator=gen) * 0.5).half()
+    x2[1, 9] = 6.0
+    w2 = torch.randn(24, 64, generator=gen).half()
+    CB2, SCB2, _ = vectorwise_quant(w2)
+    want2 = llm_int8_matmul(x2, CB2, SCB2, 6.0).float()
+    got2 = _tensor(fn(x2.clone(), w2.clone(), 6.0), f"y = {fn.name}(x, w, 6.0)", shape=tuple(want2.shape),
+                   floating=True).float()
+    tol2 = 0.003 * float(want2.abs().max())
+    err2 = float((got2 - want2).abs().max())
+    if err2 > tol2:
+        strict = llm_int8_matmul(x2, CB2, SCB2, 6.0 + 2**-7).float()  # fp16 compares 6.0 + ε as 6.0
+        if float((got2 - strict).abs().max()) <= tol2:
+            raise CheckFailed("x[1, 9] is exactly 6.0, the threshold: LLM.int8() sends a column through the "
+                              "16-bit path when |x| >= threshold, not > (your row 1 is off by "
+                              f"{float((got2 - want2)[1].abs().max()):.3g})")
+        raise CheckFailed(f"on a second input (x[1, 9] = 6.0, the threshold) max diff {err2:.4g} from qtutor's "
+                          f"llm_int8_matmul (tolerance {tol2:.4g})")
+    compare("y", shown[0], shown[1], atol=shown[2])
     _ok("LLM.int8() decomposition matches qtutor (within 0.3 % of max |y|)")
 
 
@@ -357,21 +567,33 @@ def check_nf4_block(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) ->
     from .methods.nf4 import NF4Config, normal_float_levels, quantize_4bit
 
     levels = normal_float_levels()
+    mid = (levels[:-1] + levels[1:]) / 2
     gen = torch.Generator().manual_seed(9)
     for trial in range(3):
         x = torch.randn(64, generator=gen) * (0.02 if trial else 1.0)
         state = quantize_4bit(x, NF4Config(blocksize=64, double_quant=False))
         want = torch.stack([state.packed[:, 0] >> 4, state.packed[:, 0] & 0xF], 1).reshape(-1).long()
-        got = torch.as_tensor(fn(x.clone(), levels.clone())).long().flatten()
-        if got.shape != want.shape:
-            raise CheckFailed(f"codes have shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        t = _tensor(fn(x.clone(), levels.clone()), f"codes = {fn.name}(x, levels)")
+        if t.numel() != want.numel():
+            raise CheckFailed(f"codes have shape {tuple(t.shape)}, expected {tuple(want.shape)}: one code per value")
+        if t.dtype == torch.bool or t.is_complex() or not _integral(t):
+            raise CheckFailed(f"codes hold {_describe(t.flatten()[:4].tolist())}: they must be integer indices "
+                              "0..15 into the level table, not the levels' values")
+        got = t.long().flatten()
         if torch.equal(got, want):
             continue
         if int(got.max()) > 15 or int(got.min()) < 0:
             raise CheckFailed("codes must be indices 0..15 into the level table, not values")
-        scaled_by_max = torch.bucketize(x / x.max(), (levels[:-1] + levels[1:]) / 2)
-        if torch.equal(got, scaled_by_max):
+        if torch.equal(got, torch.bucketize(x / x.max(), mid)):
             raise CheckFailed("divide by the block's max |x| (absmax), not its max")
+        if torch.equal(got, torch.bucketize(x, mid)):
+            raise CheckFailed("scale the block first: x / max|x| lies in [-1, 1], like the levels")
+        if torch.equal(got, torch.bucketize(x / x.abs().max(), levels).clamp(max=15)) or \
+                torch.equal(got, torch.bucketize(x / x.abs().max(), levels, right=True).clamp(max=15)):
+            raise CheckFailed("compare with the midpoints between neighbouring levels ((levels[:-1] + levels[1:]) / 2), "
+                              "not with the levels: the nearest level is not always the next one up")
+        if torch.equal(got, 15 - want):
+            raise CheckFailed("the codes run backwards: code 0 is the most negative level, levels[0] = -1")
         n_bad = int((got != want).sum())
         raise CheckFailed(f"{n_bad} of 64 codes differ from qtutor/bitsandbytes: pick the nearest level of x / max|x|")
     compare("codes", got, want)
@@ -379,6 +601,49 @@ def check_nf4_block(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) ->
 
 
 # --- 10: GGUF -------------------------------------------------------------------------------------
+
+def _q8_0_variant(x, divide: bool = False, fp16_d: bool = False, half_even: bool = False):
+    """Q8_0 blocks with one of the learners' slips: ``x / d``, codes from the fp16 ``d``, ``np.round``."""
+    import numpy as np
+
+    d = (np.abs(x).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
+    dc = d.astype(np.float16).astype(np.float32) if fp16_d else d
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(dc == 0, np.float32(0), x / dc if divide else x * np.where(dc == 0, np.float32(0), np.float32(1) / dc))
+    v = v.astype(np.float32)
+    q = (np.round(v) if half_even else np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))).astype(np.int8)
+    return np.concatenate([d.astype(np.float16).view(np.uint8), q.view(np.uint8)], axis=1)
+
+
+def _reciprocal_decides(row) -> list[int]:
+    """Set up to two values of a float32 block where round(x / d) and round(x · (1/d)) differ; their indices.
+
+    The candidates are the float32 neighbours of (k + ½) · d: a quotient within an ulp of a tie.
+    """
+    import numpy as np
+
+    f32 = np.float32
+    amax = np.abs(row).max()
+    d = f32(amax / f32(127))
+    inv = f32(1) / d
+    def rnd(v):
+        return np.sign(v) * np.floor(np.abs(v) + f32(0.5))
+
+    slots = [j for j in np.argsort(np.abs(row)) if np.abs(row[j]) < amax][:2]
+    done: list[int] = []
+    for k in range(2, 120):
+        if len(done) == len(slots):
+            break
+        c = f32(f32(k + 0.5) * d)
+        for cand in (c, np.nextafter(c, f32(0)), np.nextafter(c, f32(np.inf))):
+            cand = f32(cand)
+            if abs(cand) < amax and rnd(f32(cand / d)) != rnd(f32(cand * inv)):
+                j = slots[len(done)]
+                row[j] = cand if k % 2 else -cand
+                done.append(int(j))
+                break
+    return done
+
 
 @_checker
 def check_q8_0_encoder(fn: Callable) -> None:
@@ -393,10 +658,17 @@ def check_q8_0_encoder(fn: Callable) -> None:
     x[5] = np.clip(x[5], -1, 1)
     x[5, 0] = 127 / 4  # block max: d = 0.25 exactly
     x[5, 7] = 62.5 / 4  # x / d = 62.5, a rounding tie: roundf gives 63, round-half-to-even 62
+    for r in range(8, 12):  # llama.cpp computes id = 1/d and x·id: here x / d rounds the other way
+        _reciprocal_decides(x[r])
     want = quantize_blocks(x, "Q8_0")
-    got = np.asarray(fn(x.copy()))
+    got = _array(fn(x.copy()), f"blocks = {fn.name}(x)")
     if got.shape != want.shape or got.dtype != np.uint8:
-        raise CheckFailed(f"blocks must be uint8 of shape {want.shape}, got {got.dtype} {got.shape}")
+        hint = ""
+        if got.shape == want.shape:
+            hint = " — view the bytes as uint8: d.astype(np.float16).view(np.uint8), q.view(np.uint8)"
+        elif got.shape == (want.shape[0], 33):
+            hint = " — d takes 2 bytes (float16), then 32 codes"
+        raise CheckFailed(f"blocks must be uint8 of shape {want.shape}, got {got.dtype} {got.shape}{hint}")
     if np.array_equal(got, want):
         compare("Q8_0 bytes", torch.from_numpy(got.astype(np.int64)), torch.from_numpy(want.astype(np.int64)))
         _ok("Q8_0 encoder is byte-identical with qtutor (and so with llama.cpp and gguf-py)")
@@ -404,16 +676,28 @@ def check_q8_0_encoder(fn: Callable) -> None:
     if not np.array_equal(got[:, :2], want[:, :2]):
         if np.array_equal(got[:, 32:], want[:, :2]):
             raise CheckFailed("d must come first: bytes 0-1 hold d as float16, then the 32 codes")
+        if np.array_equal(got[:, :2], want[:, :2][:, ::-1]):
+            raise CheckFailed("the two bytes of d are swapped: GGUF is little-endian, as .view(np.uint8) gives them")
         raise CheckFailed("the scale bytes differ: d = max|x| / 127, stored as float16 (x.astype(np.float16).view(np.uint8))")
-    bad_blocks = np.nonzero((got != want).any(axis=1))[0]
-    if 5 in bad_blocks and len(bad_blocks) == 1:
-        raise CheckFailed("a rounding tie went the wrong way: llama.cpp uses roundf (halves away from zero), "
-                          "not np.round (halves to even)")
-    if 3 in bad_blocks:
+    bad = {int(b) for b in np.nonzero((got != want).any(axis=1))[0]}
+    reciprocal = {int(b) for b in np.nonzero((_q8_0_variant(x, divide=True) != want).any(axis=1))[0]}
+    if 3 in bad:
         raise CheckFailed("the all-zero block is wrong: with d = 0 use 1/d = 0, so every code is 0")
+    division = ("llama.cpp computes id = 1/d once and multiplies, x · id; x / d rounds differently in blocks "
+                f"{sorted(reciprocal)}, and byte identity depends on it")
+    tie = ("a rounding tie went the wrong way: llama.cpp uses roundf (halves away from zero), "
+           "not np.round (halves to even)")
+    if bad <= reciprocal:
+        raise CheckFailed(division)
+    if bad == {5}:
+        raise CheckFailed(tie)
+    if bad <= reciprocal | {5}:
+        raise CheckFailed(f"two things: {tie}; and {division}")
+    if np.array_equal(got, _q8_0_variant(x, fp16_d=True)) or np.array_equal(got, _q8_0_variant(x, True, True)):
+        raise CheckFailed("compute the codes with the float32 d = max|x| / 127; only the stored copy is float16")
     back = dequantize_blocks(got, "Q8_0")
-    raise CheckFailed(f"{len(bad_blocks)} blocks differ; your blocks decode to max error "
-                      f"{float(np.abs(back - x).max()):.3g} — codes are round(x / d) as int8")
+    raise CheckFailed(f"{len(bad)} blocks differ; your blocks decode to max error "
+                      f"{float(np.abs(back - x).max()):.3g} — codes are round(x · (1/d)) as int8")
 
 
 @_checker
@@ -426,9 +710,14 @@ def check_k4_scale_packing(fn: Callable) -> None:
     rng = np.random.default_rng(12)
     ls, lm = rng.integers(0, 64, (32, 8)).astype(np.uint8), rng.integers(0, 64, (32, 8)).astype(np.uint8)
     want = pack_scales_k4(ls, lm)
-    got = np.asarray(fn(ls.copy(), lm.copy()))
+    got = _array(fn(ls.copy(), lm.copy()), f"packed = {fn.name}(ls, lm)")
     if got.shape != want.shape:
         raise CheckFailed(f"packed must have shape {want.shape} (12 bytes per super-block), got {got.shape}")
+    if got.dtype.kind == "f" and not np.array_equal(got, np.round(got)):
+        raise CheckFailed(f"packed has dtype {got.dtype} with fractions: return bytes (uint8)")
+    if got.dtype.kind == "b" or int(got.min()) < 0 or int(got.max()) > 255:
+        raise CheckFailed(f"packed holds values from {int(got.min())} to {int(got.max())}: each entry is one byte, "
+                          "0..255 — mask with & 0xFF (or & 63, & 0xF) before combining, or work in np.uint8")
     got = got.astype(np.uint8)
     if np.array_equal(got, want):
         compare("packed scales", torch.from_numpy(got.astype(np.int64)), torch.from_numpy(want.astype(np.int64)))
@@ -437,13 +726,35 @@ def check_k4_scale_packing(fn: Callable) -> None:
     sc, mn = unpack_scales_k4(got)
     if np.array_equal(sc, lm) and np.array_equal(mn, ls):
         raise CheckFailed("scales and mins are swapped: bytes 0-3 start with the scales, bytes 4-7 with the mins")
+    nibbles = want.copy()
+    nibbles[:, 8:12] = (lm[:, 4:] & 0xF) | ((ls[:, 4:] & 0xF) << 4)
+    if np.array_equal(got, nibbles):
+        raise CheckFailed("bytes 8-11: the scale's low 4 bits go in the low nibble, the min's in the high nibble")
     if np.array_equal(sc[:, :4], ls[:, :4]) and not np.array_equal(sc[:, 4:], ls[:, 4:]):
         raise CheckFailed("sub-blocks 4-7 are wrong: their low 4 bits go to bytes 8-11 (scale low nibble, min high "
                           "nibble) and their top 2 bits to bits 6-7 of bytes 0-3 (scales) and 4-7 (mins)")
+    if np.array_equal(sc, ls) and not np.array_equal(mn, lm):
+        raise CheckFailed("the scales are right, the mins wrong: min j goes to the low 6 bits of byte j + 4 "
+                          "(j < 4); mins 4-7 to the high nibbles of bytes 8-11 and bits 6-7 of bytes 4-7")
     raise CheckFailed("sub-blocks 0-3 are wrong: scale j goes to the low 6 bits of byte j, min j of byte j + 4")
 
 
 # --- 07: GPTQ's column update ---------------------------------------------------------
+
+def _gptq_step_result(fn: Callable, W1: torch.Tensor, Hinv1: torch.Tensor, i: int, scale: torch.Tensor,
+                      zero: torch.Tensor, maxq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The learner's ``(q, err)`` for column ``i``, checked for type and shape."""
+    rows = W1.shape[0]
+    q, err = _parts(fn(W1, Hinv1, i, scale.clone(), zero.clone(), maxq), 2, f"{fn.name}(W1, Hinv1, {i}, …)",
+                    "(q, err)")
+    q = _tensor(q, f"q (column {i})", floating=True)
+    err = _tensor(err, f"err (column {i})", floating=True)
+    for name, t in (("q", q), ("err", err)):
+        if t.numel() != rows:
+            raise CheckFailed(f"{name} (column {i}) has shape {tuple(t.shape)}, expected ({rows},): "
+                              f"one value per row of W1, for column {i} only")
+    return q.reshape(rows).float(), err.reshape(rows).float()
+
 
 def _gptq_with_step(step: Callable, W: torch.Tensor, Hinv: torch.Tensor, scale: torch.Tensor,
                     zero: torch.Tensor, maxq: int, blocksize: int = 16) -> torch.Tensor:
@@ -455,7 +766,7 @@ def _gptq_with_step(step: Callable, W: torch.Tensor, Hinv: torch.Tensor, scale: 
         i2 = min(i1 + blocksize, columns)
         W1, Err1 = W[:, i1:i2].clone(), torch.zeros(W.shape[0], i2 - i1)
         for i in range(i2 - i1):
-            q, err = step(W1, Hinv[i1:i2, i1:i2], i, scale, zero, maxq)
+            q, err = _gptq_step_result(step, W1, Hinv[i1:i2, i1:i2].clone(), i, scale, zero, maxq)
             Q[:, i1 + i], Err1[:, i] = q, err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     return Q
@@ -476,16 +787,47 @@ def check_gptq_column_step(fn: Callable) -> None:
     H[range(48), range(48)] += 0.01 * torch.diag(H).mean()
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     scale, zero = (t[:, 0] for t in gptq_grid_params(W, 3, False))
+
+    # one step on column 0, compared with what it must do
     probe = W[:, :16].clone()
-    fn(probe, Hinv[:16, :16], 0, scale, zero, 7)
+    q0, err0 = _gptq_step_result(fn, probe, Hinv[:16, :16].clone(), 0, scale, zero, 7)
+    want_q0 = gptq_fake_quant(W[:, 0], scale, zero, 3)
+    want_err0 = (W[:, 0] - want_q0) / Hinv[0, 0]
+    codes0 = q0 / scale + zero
+    if not torch.allclose(codes0, codes0.round(), atol=1e-3):
+        raise CheckFailed("q is not on the grid: return the dequantized value scale · (code − zero), not w or a code")
+    if not torch.allclose(q0, want_q0, atol=1e-5):
+        raise CheckFailed(f"q of column 0 differs from scale · (clamp(round(w / scale) + zero, 0, maxq) − zero) in "
+                          f"{int((q0 - want_q0).abs().gt(1e-5).sum())} of {W.shape[0]} rows")
+    if torch.allclose(err0, -want_err0, atol=1e-5):
+        raise CheckFailed("err has the wrong sign: err = (w − q) / Hinv1[i, i], and W1[:, i:] -= err ⊗ Hinv1[i, i:]")
+    if torch.allclose(err0, want_err0 * Hinv[0, 0], atol=1e-5):
+        raise CheckFailed("err must be divided by Hinv1[i, i]: err = (w − q) / Hinv1[i, i]")
+    if not torch.allclose(err0, want_err0, atol=1e-4, rtol=1e-4):
+        raise CheckFailed("err of column 0 is wrong: err = (w − q) / Hinv1[i, i], with w the column before rounding")
     if torch.equal(probe[:, 1:], W[:, 1:16]):
         raise CheckFailed("W1's later columns did not change, so each column is rounded on its own, as "
                           "round-to-nearest: spread the error of column i over columns i+1… of W1 in place "
                           "(W1[:, i:] -= err ⊗ Hinv1[i, i:])")
+    want_probe = W[:, :16] - torch.outer(want_err0, Hinv[0, :16])
+    if not torch.allclose(probe[:, 1:], want_probe[:, 1:], atol=1e-4):
+        if torch.allclose(probe[:, 1:], (W[:, :16] - torch.outer(want_err0, Hinv[:16, 0]))[:, 1:], atol=1e-4):
+            raise CheckFailed("use row i of the upper Cholesky factor, Hinv1[i, i:], not column i (Hinv1[i:, i])")
+        raise CheckFailed("after column 0, W1[:, 1:] should be W1[:, 1:] − err ⊗ Hinv1[0, 1:] "
+                          f"(max diff {float((probe[:, 1:] - want_probe[:, 1:]).abs().max()):.3g})")
+
+    # a grid that covers only a quarter of each row's range, as a group's grid after earlier updates may
+    # not cover its later columns: the codes must still stay in [0, maxq]
+    narrow_scale, narrow_zero = (t[:, 0] for t in gptq_grid_params(W * 0.25, 3, False))
+    q1, _ = _gptq_step_result(fn, W[:, :16].clone(), Hinv[:16, :16].clone(), 0, narrow_scale, narrow_zero, 7)
+    codes1 = q1 / narrow_scale + narrow_zero
+    if float(codes1.max()) > 7 + 1e-3 or float(codes1.min()) < -1e-3:
+        raise CheckFailed(f"with a grid narrower than the column, your codes span [{float(codes1.min()):.4g}, "
+                          f"{float(codes1.max()):.4g}]: clamp round(w / scale) + zero to [0, maxq] (GPTQ's updates "
+                          "push later columns outside the grid)")
+
     got = _gptq_with_step(fn, W, Hinv, scale, zero, 7)
     rtn = gptq_fake_quant(W, scale.unsqueeze(1), zero.unsqueeze(1), 3)
-    if got.shape != want.shape:
-        raise CheckFailed(f"q has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
     codes = got / scale.unsqueeze(1) + zero.unsqueeze(1)
     if not torch.allclose(codes, codes.round(), atol=1e-3):
         raise CheckFailed("q is not on the grid: return the dequantized value scale · (code − zero), not w or a code")
@@ -495,7 +837,7 @@ def check_gptq_column_step(fn: Callable) -> None:
     if not torch.allclose(got, want, atol=1e-5):
         err_x = ((X @ (W - got).T) ** 2).sum() / ((X @ (W - want).T) ** 2).sum()
         raise CheckFailed(f"q differs from GPTQ's in {int((got - want).abs().gt(1e-5).sum())} places "
-                          f"(output error {float(err_x):.2f}× GPTQ's): divide the error by Hinv1[i, i] and "
+                          f"(output error {float(err_x):.4g}× GPTQ's): divide the error by Hinv1[i, i] and "
                           "subtract err ⊗ Hinv1[i, i:] — the row of the upper Cholesky factor")
     compare("GPTQ weights", got, want, atol=1e-5)
     _ok("column update matches qtutor's GPTQ")
@@ -512,28 +854,66 @@ def check_awq_scale_search(fn: Callable) -> None:
 
     from .methods.awq import search_scales
 
+    n_grid = 20
+    grid = [i / n_grid for i in range(n_grid)]  # the reference's ratios: 0, 0.05, …, 0.95 — not 1.0
+    cases = []
     gen = torch.Generator().manual_seed(11)
     lin = nn.Linear(128, 64, bias=False)
     with torch.no_grad():
         lin.weight.copy_(torch.randn(64, 128, generator=gen) * 0.05)
     x = torch.randn(256, 128, generator=gen)
     x[:, [3, 40, 77]] *= 25  # salient input channels
-    want_s, want_ratio, _ = search_scales(lin, [lin], x, 3, 32, 20)
-    learner = copy.deepcopy(lin)
-    ratio, s = fn(learner, x, 3, 32, 20)
-    if not torch.equal(learner.weight, lin.weight):
-        raise CheckFailed("the linear's weight changed: restore it after trying each ratio")
-    if abs(float(ratio) - want_ratio) > 1e-9:
-        hint = " (α = 0 is plain round-to-nearest: are the scales applied before quantizing and undone after?)" \
-            if float(ratio) == 0.0 else ""
-        raise CheckFailed(f"best ratio {float(ratio)}, expected {want_ratio}{hint}")
-    s = torch.as_tensor(s)
-    if torch.allclose(s, x.abs().mean(0).pow(want_ratio)) and not torch.allclose(s, want_s):
-        raise CheckFailed("scales not normalised: divide s by sqrt(max(s) · min(s))")
-    if not torch.allclose(s, want_s, rtol=1e-5):
-        raise CheckFailed("scales differ: s = mean|x|^α per input channel (clamped at 1e-4), then normalised")
-    compare("AWQ scales", s, want_s, rtol=1e-5)
-    _ok(f"scale search matches qtutor (α = {want_ratio})")
+    cases.append((lin, x))
+    # channel magnitudes spread over e^±9: here α = 1.0 would beat every ratio of the grid (loss 90.8 vs 97.1
+    # at 0.95), so a grid that includes 1.0 picks a different ratio
+    gen = torch.Generator().manual_seed(27)
+    lin = nn.Linear(128, 64, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(64, 128, generator=gen) * 0.05)
+    mag = torch.exp(torch.randn(128, generator=gen) * 3)
+    cases.append((lin, torch.randn(256, 128, generator=gen) * mag))
+
+    shown = None
+    for case, (lin, x) in enumerate(cases):
+        want_s, want_ratio, _ = search_scales(lin, [lin], x, 3, 32, n_grid)
+        learner = copy.deepcopy(lin)
+        try:
+            out = fn(learner, x.clone(), 3, 32, n_grid)
+        except CheckFailed as exc:
+            if "requires grad" in str(exc):
+                raise CheckFailed(f"{exc} — put @torch.no_grad() above `def {fn.name}`: the weight is a "
+                                  "parameter, and autograd forbids changing it in place") from None
+            raise
+        ratio, s = _parts(out, 2, f"{fn.name}(linear, x, 3, 32, {n_grid})", "(best_ratio, scales)")
+        if ratio is None or s is None:
+            raise CheckFailed("the best ratio or scales came back None: did every loss compare as NaN "
+                              "(s = mean |x| ^ α must use |x|), or does the `best` update never run?")
+        with torch.no_grad():
+            if not torch.equal(learner.weight, lin.weight):
+                raise CheckFailed("the linear's weight changed: restore it after trying each ratio")
+        ratio = _number(ratio, "best_ratio")
+        s = _tensor(s, "scales", floating=True)
+        if s.shape != want_s.shape:
+            raise CheckFailed(f"scales have shape {tuple(s.shape)}, expected {tuple(want_s.shape)}: "
+                              "one per input channel (mean |x| over the tokens, dim 0)")
+        s = s.float()
+        if abs(ratio - want_ratio) > 1e-9:
+            if all(abs(ratio - r) > 1e-9 for r in grid):
+                if ratio == int(ratio) and 1 < ratio < n_grid:
+                    raise CheckFailed(f"best ratio {ratio:g}: that is the index i; return the ratio α = i / n_grid")
+                raise CheckFailed(f"best ratio {ratio!r} is not on the reference's grid: α = i / n_grid for i in "
+                                  f"range(n_grid), i.e. 0, 0.05, …, 0.95 — 1.0 is not tried "
+                                  f"(here the best is {want_ratio})")
+            hint = " (α = 0 is plain round-to-nearest: are the scales applied before quantizing and undone after?)" \
+                if ratio == 0.0 else ""
+            raise CheckFailed(f"best ratio {ratio!r}, expected {want_ratio}{hint}")
+        if torch.allclose(s, x.abs().mean(0).pow(want_ratio)) and not torch.allclose(s, want_s):
+            raise CheckFailed("scales not normalised: divide s by sqrt(max(s) · min(s))")
+        if not torch.allclose(s, want_s, rtol=1e-5):
+            raise CheckFailed("scales differ: s = mean|x|^α per input channel (clamped at 1e-4), then normalised")
+        shown = (s, want_s, want_ratio) if shown is None else shown
+    compare("AWQ scales", shown[0], shown[1], rtol=1e-5)
+    _ok(f"scale search matches qtutor (α = {shown[2]})")
 
 
 # --- 11: a dequantize-GEMV in Triton --------------------------------------------------
@@ -551,21 +931,30 @@ def check_dequant_gemv(fn: Callable) -> None:
     scales = qw.scale.T.contiguous()  # (n_groups, N) float32
     x = torch.randn(K, generator=gen)
     want = qw.dequantize() @ x
-    got = torch.as_tensor(fn(x, p["qweight"], p["qzeros"], scales, gs)).float().flatten()
-    if got.shape != want.shape:
-        raise CheckFailed(f"y has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    got = _tensor(fn(x, p["qweight"], p["qzeros"], scales, gs), f"y = {fn.name}(x, qweight, qzeros, scales, {gs})",
+                  floating=True)
+    if got.numel() != want.numel():
+        raise CheckFailed(f"y has shape {tuple(got.shape)}, expected {tuple(want.shape)}: one value per output column")
+    got = got.float().flatten()
     q = qw.q.float()
     g = qw.g_idx.long()
+    zero = qw.zero.float()[:, g]
     wrong = {
         "the codes are read from the wrong nibbles: row k sits at bits 4·(k % 8) of word k // 8, lowest first":
-            (qw.scale[:, g] * (q.reshape(N, -1, 8).flip(-1).reshape(N, K) - qw.zero.float()[:, g])) @ x,
+            (qw.scale[:, g] * (q.reshape(N, -1, 8).flip(-1).reshape(N, K) - zero)) @ x,
         "the zero-point is not subtracted: w = scale · (q − zero)": (qw.scale[:, g] * q) @ x,
-        "the scale is missing: w = scale · (q − zero)": (q - qw.zero.float()[:, g]) @ x,
+        "the scale is missing: w = scale · (q − zero)": (q - zero) @ x,
+        "the zero-point is off by one: GPTQ v2 stores the zero-point itself (v1 stored zero − 1)":
+            (qw.scale[:, g] * (q - zero - 1)) @ x,
+        "the zero-point is off by one: GPTQ v2 stores the zero-point itself, add nothing":
+            (qw.scale[:, g] * (q - zero + 1)) @ x,
+        "row k belongs to group k // group_size (consecutive rows share a scale and zero-point)":
+            (qw.scale[:, torch.arange(K) % (K // gs)] * (q - qw.zero.float()[:, torch.arange(K) % (K // gs)])) @ x,
     }
     if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
         for hint, value in wrong.items():
             if torch.allclose(got, value, rtol=1e-4, atol=1e-4):
                 raise CheckFailed(hint)
-        raise CheckFailed(f"y differs from the reference by up to {float((got - want).abs().max()):.3g}")
+        raise CheckFailed(f"y differs from the reference by up to {float((got - want).abs().max()):.4g}")
     compare("dequant-GEMV", got, want, rtol=1e-4, atol=1e-4)
     _ok("unpack-and-scale matches the reference")
