@@ -314,7 +314,7 @@ def _sym_group_fake_quant(w: torch.Tensor, qmax: int, gs: int, rounding=torch.ro
     wg = w.reshape(w.shape[0], -1, gs)
     scale = wg.abs().amax(-1, keepdim=True) / qmax
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return (torch.clamp(rounding(wg / scale), -qmax - 1, qmax) * scale).reshape(w.shape)
+    return (torch.clamp(rounding(wg / scale), -qmax, qmax) * scale).reshape(w.shape)
 
 
 @_checker
@@ -631,11 +631,15 @@ def _reciprocal_decides(row) -> list[int]:
 
     slots = [j for j in np.argsort(np.abs(row)) if np.abs(row[j]) < amax][:2]
     done: list[int] = []
-    for k in range(2, 120):
+    for k in range(2, 127):
         if len(done) == len(slots):
             break
         c = f32(f32(k + 0.5) * d)
-        for cand in (c, np.nextafter(c, f32(0)), np.nextafter(c, f32(np.inf))):
+        below, above = [c], [c]
+        for _ in range(3):
+            below.append(np.nextafter(below[-1], f32(0)))
+            above.append(np.nextafter(above[-1], f32(np.inf)))
+        for cand in below + above[1:]:
             cand = f32(cand)
             if abs(cand) < amax and rnd(f32(cand / d)) != rnd(f32(cand * inv)):
                 j = slots[len(done)]
@@ -805,6 +809,9 @@ def check_gptq_column_step(fn: Callable) -> None:
         raise CheckFailed("err must be divided by Hinv1[i, i]: err = (w − q) / Hinv1[i, i]")
     if not torch.allclose(err0, want_err0, atol=1e-4, rtol=1e-4):
         raise CheckFailed("err of column 0 is wrong: err = (w − q) / Hinv1[i, i], with w the column before rounding")
+    if torch.equal(probe[:, 1:], W[:, 1:16]) and not torch.equal(probe[:, 0], W[:, 0]):
+        raise CheckFailed("only column i of W1 changed: subtract err ⊗ Hinv1[i, i:], row i of the upper Cholesky "
+                          "factor (its column i, Hinv1[i:, i], is zero below the diagonal)")
     if torch.equal(probe[:, 1:], W[:, 1:16]):
         raise CheckFailed("W1's later columns did not change, so each column is rounded on its own, as "
                           "round-to-nearest: spread the error of column i over columns i+1… of W1 in place "
@@ -883,6 +890,9 @@ def check_awq_scale_search(fn: Callable) -> None:
             if "requires grad" in str(exc):
                 raise CheckFailed(f"{exc} — put @torch.no_grad() above `def {fn.name}`: the weight is a "
                                   "parameter, and autograd forbids changing it in place") from None
+            if "NaN" in str(exc):
+                raise CheckFailed(f"{exc} — are the scales NaN? s = mean |x| ^ α needs the abs: a negative mean "
+                                  "to a fractional power is NaN") from None
             raise
         ratio, s = _parts(out, 2, f"{fn.name}(linear, x, 3, 32, {n_grid})", "(best_ratio, scales)")
         if ratio is None or s is None:
@@ -904,8 +914,8 @@ def check_awq_scale_search(fn: Callable) -> None:
                 raise CheckFailed(f"best ratio {ratio!r} is not on the reference's grid: α = i / n_grid for i in "
                                   f"range(n_grid), i.e. 0, 0.05, …, 0.95 — 1.0 is not tried "
                                   f"(here the best is {want_ratio})")
-            hint = " (α = 0 is plain round-to-nearest: are the scales applied before quantizing and undone after?)" \
-                if ratio == 0.0 else ""
+            hint = (" (α = 0 is plain round-to-nearest: are the scales built from mean |x|, with the abs, applied "
+                    "before quantizing and undone after?)") if ratio == 0.0 else ""
             raise CheckFailed(f"best ratio {ratio!r}, expected {want_ratio}{hint}")
         if torch.allclose(s, x.abs().mean(0).pow(want_ratio)) and not torch.allclose(s, want_s):
             raise CheckFailed("scales not normalised: divide s by sqrt(max(s) · min(s))")
