@@ -45,7 +45,7 @@ class _TimeUp(BaseException):
 
 
 def _describe(value) -> str:
-    text = repr(value)
+    text = " ".join(repr(value).split())  # one line, whatever the object's repr
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -717,8 +717,9 @@ def check_k4_scale_packing(fn: Callable) -> None:
     got = _array(fn(ls.copy(), lm.copy()), f"packed = {fn.name}(ls, lm)")
     if got.shape != want.shape:
         raise CheckFailed(f"packed must have shape {want.shape} (12 bytes per super-block), got {got.shape}")
-    if got.dtype.kind == "f" and not np.array_equal(got, np.round(got)):
-        raise CheckFailed(f"packed has dtype {got.dtype} with fractions: return bytes (uint8)")
+    if got.dtype.kind == "f":
+        fractions = " with fractions" if not np.array_equal(got, np.round(got)) else ""
+        raise CheckFailed(f"packed has dtype {got.dtype}{fractions}: return bytes (np.uint8), as GGUF stores them")
     if got.dtype.kind == "b" or int(got.min()) < 0 or int(got.max()) > 255:
         raise CheckFailed(f"packed holds values from {int(got.min())} to {int(got.max())}: each entry is one byte, "
                           "0..255 — mask with & 0xFF (or & 63, & 0xF) before combining, or work in np.uint8")

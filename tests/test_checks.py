@@ -261,6 +261,28 @@ def test_any_checker_says_what_went_wrong(name, fn, match):
     rejects(RIGHT[name][0], fn, match)
 
 
+def test_a_failure_shows_as_one_red_line():
+    assert CheckFailed("scale 0.5, expected 0.25")._render_traceback_() == ["\x1b[31m✘ scale 0.5, expected 0.25\x1b[0m"]
+
+
+@pytest.mark.parametrize("value", [np.zeros((64, 34), dtype=np.uint8), {"q": 1}, (None, None), float("nan"), b"abc",
+                                   torch.ones(3, dtype=torch.complex64)],
+                         ids=["big array", "dict", "two Nones", "NaN", "bytes", "complex"])
+@pytest.mark.parametrize("name", ["memory", "asym", "clip", "smooth", "gptq", "awq", "q8_0"])
+def test_odd_values_get_a_foreseen_one_line_answer(name, value):
+    rejects(RIGHT[name][0], lambda *args: value, r"\S")
+
+
+def test_the_safety_net_answers_in_one_line():
+    @checks._checker
+    def check_toy(fn):
+        return fn() + "text"  # a checker bug: int + str
+
+    rejects_net = pytest.raises(CheckFailed, match=r"could not judge what <lambda> returned \(TypeError: ")
+    with rejects_net:
+        check_toy(lambda: 1)
+
+
 def test_not_a_function():
     with pytest.raises(CheckFailed, match=r"pass your function itself \(got a float\)"):
         check_memory_gb(3.5)
@@ -426,7 +448,9 @@ WRONG = [
     _case("k4: no high bits", check_k4_scale_packing, k4_no_high_bits, "sub-blocks 4-7"),
     _case("k4: bits past the byte", check_k4_scale_packing, k4_unmasked, "0..255"),
     _case("k4: concatenated", check_k4_scale_packing, lambda ls, lm: np.concatenate([ls, lm], axis=1), "12 bytes"),
-    _case("k4: fractions", check_k4_scale_packing, lambda ls, lm: pack_scales_k4(ls, lm) / 3, "fractions"),
+    _case("k4: fractions", check_k4_scale_packing, lambda ls, lm: pack_scales_k4(ls, lm) / 3, "float64 with fractions"),
+    _case("k4: floats", check_k4_scale_packing, lambda ls, lm: pack_scales_k4(ls, lm).astype(np.float32),
+          r"dtype float32: return bytes \(np.uint8\)"),
     # 07
     _case("gptq: no update", check_gptq_column_step, lambda *a: gptq_step(*a, propagate=False), "round-to-nearest"),
     _case("gptq: not divided", check_gptq_column_step, lambda *a: gptq_step(*a, divide=False), r"Hinv1\[i, i\]"),
