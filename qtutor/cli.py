@@ -1,4 +1,4 @@
-"""The ``qtutor`` command: ``qtutor doctor`` and ``qtutor fetch-model``."""
+"""The ``qtutor`` command: ``qtutor doctor``, ``qtutor fetch-model`` and ``qtutor course``."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import importlib.metadata as md
 import os
 import platform
 import sys
+from pathlib import Path
 
 __all__ = ["doctor_report", "main"]
 
@@ -59,7 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("doctor", help="print versions, device, Triton mode and model cache state")
     fetch = sub.add_parser("fetch-model", help="dequantize the course model once into the cache")
     fetch.add_argument("--force", action="store_true", help="rebuild even if the cache looks fine")
-    args = parser.parse_args(argv)
+    course = sub.add_parser("course", help="write the learner copies and the index into student/, start JupyterLab on them",
+                            description="Extra arguments after -- go to `jupyter lab` (e.g. -- --ServerApp.ip=0.0.0.0).")
+    course.add_argument("--port", type=int, help="serve on this port or fail (default: 8888 or the next free one)")
+    course.add_argument("--dir", type=Path, help="the learner folder (default: student/ in the checkout)")
+    course.add_argument("--force", action="store_true", help="regenerate every learner copy, even edited ones")
+    course.add_argument("--no-start", action="store_true", help="prepare the folder and print the command only")
+    browser = course.add_mutually_exclusive_group()
+    browser.add_argument("--browser", dest="browser", action="store_true", default=None, help="open a browser")
+    browser.add_argument("--no-browser", dest="browser", action="store_false", help="only print the URL")
+    args, extra = parser.parse_known_args(argv)
+    if args.command != "course" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+
+    if args.command == "course":
+        return _course(args, [a for a in extra if a != "--"])
 
     if args.command == "doctor":
         for key, value in doctor_report().items():
@@ -74,6 +89,33 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"model cache ready: {path}")
     return 0
+
+
+def _course(args: argparse.Namespace, extra: list[str]) -> int:
+    from .learner import course_command, prepare_learner_folder, repo_root
+
+    repo = repo_root()
+    if not (repo / "notebooks").is_dir():
+        print(f"error: no notebooks/ in {repo}: run qtutor course from the course checkout", file=sys.stderr)
+        return 1
+    folder = (args.dir or repo / "student").resolve()
+    done = prepare_learner_folder(repo, folder, force=args.force)
+    for name, status in done.items():
+        if status != "unchanged":
+            print(f"{status:>9}: {folder.name}/{name}")
+    kept = [n for n, s in done.items() if s == "kept"]
+    if kept:
+        print(f"kept {len(kept)} notebook(s) you edited; `make student FORCE=1` (or qtutor course --force) "
+              "replaces them with fresh copies")
+    cmd = course_command(folder, port=args.port, browser=args.browser, extra=extra)
+    print(f"learner folder: {folder} (index: START_HERE.ipynb, solutions: solutions/)")
+    if args.no_start:
+        print(" ".join(cmd))
+        return 0
+    print("starting JupyterLab: open the http://127.0.0.1:…/lab/tree/START_HERE.ipynb?token=… URL it prints; "
+          "Ctrl+C twice stops it", flush=True)
+    os.execv(cmd[0], cmd)  # the server takes this process's place: Ctrl+C and kill reach it directly
+    return 0  # not reached
 
 
 if __name__ == "__main__":

@@ -1,65 +1,29 @@
 """Write learner copies of the course notebooks: solutions replaced by stubs, outputs cleared.
 
 The committed notebooks hold each exercise's solution between the lines
-``### BEGIN SOLUTION`` and ``### END SOLUTION``.  This script replaces every such
-region by ``raise NotImplementedError(...)`` at the same indentation.
+``### BEGIN SOLUTION`` and ``### END SOLUTION``; ``qtutor.learner`` replaces every
+such region by ``raise NotImplementedError(...)`` at the same indentation. Copies
+that already exist and were edited are kept unless ``--force`` is given.
+``qtutor course`` (``make course``) does the same and also writes the index.
 
-    python scripts/make_student_notebooks.py [--out student/]
+    python scripts/make_student_notebooks.py [--out student/] [--force]
 """
 from __future__ import annotations
 
 import argparse
-import json
-import re
 from pathlib import Path
 
-BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-STUB = 'raise NotImplementedError("Exercise: write your solution here")'
-
-
-def strip_solutions(source: str) -> str:
-    """Replace each BEGIN/END SOLUTION region of a cell's source by a stub."""
-    out, inside = [], False
-    for line in source.splitlines(keepends=True):
-        if line.strip() == BEGIN:
-            if inside:
-                raise ValueError("nested BEGIN SOLUTION")
-            inside = True
-            indent = re.match(r"\s*", line).group(0)
-            out.append(f"{indent}{STUB}\n")
-        elif line.strip() == END:
-            if not inside:
-                raise ValueError("END SOLUTION without BEGIN")
-            inside = False
-        elif not inside:
-            out.append(line)
-    if inside:
-        raise ValueError("BEGIN SOLUTION without END")
-    return "".join(out)
-
-
-def student_notebook(nb: dict) -> dict:
-    """A copy of notebook ``nb`` with solutions stubbed and outputs cleared."""
-    nb = json.loads(json.dumps(nb))
-    for cell in nb["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        src = "".join(cell["source"])
-        cell["source"] = strip_solutions(src).splitlines(keepends=True)
-        cell["outputs"], cell["execution_count"] = [], None
-    return nb
+from qtutor.learner import strip_solutions, student_notebook, write_learner_copies  # noqa: F401 (re-exported)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     root = Path(__file__).resolve().parents[1]
     parser.add_argument("--out", type=Path, default=root / "student")
+    parser.add_argument("--force", action="store_true", help="replace copies even if they were edited")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        nb = student_notebook(json.loads(path.read_text()))
-        (args.out / path.name).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-        print(f"wrote {args.out / path.name}")
+    for name, status in write_learner_copies(root / "notebooks", args.out, force=args.force).items():
+        print(f"{status:>9}: {args.out / name}")
 
 
 if __name__ == "__main__":

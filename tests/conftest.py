@@ -23,6 +23,18 @@ import pytest
 import torch
 
 
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that needs the real model (directly or through another fixture) ``model`` and ``slow``.
+
+    ``make test-fast`` deselects ``slow``; marking by fixture means a new real-model test
+    cannot slip into the fast lane by forgetting a decorator.
+    """
+    for item in items:
+        if "smollm2" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.model)
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """The real course model and tokenizer (float cache; built on first use)."""
