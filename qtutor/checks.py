@@ -44,6 +44,12 @@ class _TimeUp(BaseException):
     pass
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (torch's and numpy's may span several), at most 300 characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def _describe(value) -> str:
     text = " ".join(repr(value).split())  # one line, whatever the object's repr
     return text if len(text) <= 40 else text[:37] + "..."
@@ -81,7 +87,7 @@ class _Learner:
                     line = tb.tb_lineno - self.fn.__code__.co_firstlineno + 1
                 tb = tb.tb_next
             where = f" (line {line} of {self.name})" if line else ""
-            raise CheckFailed(f"{self.name} raised {type(exc).__name__}{where}: {exc}") from None
+            raise CheckFailed(f"{self.name} raised {type(exc).__name__}{where}: {_one_line(exc)}") from None
         finally:
             if use_alarm:
                 signal.setitimer(signal.ITIMER_REAL, 0)
@@ -189,7 +195,7 @@ def _checker(check: Callable) -> Callable:
         except CheckFailed:
             raise
         except Exception as exc:  # an answer of a shape or type no check above foresaw
-            raise CheckFailed(f"could not judge what {learner.name} returned ({type(exc).__name__}: {exc}): "
+            raise CheckFailed(f"could not judge what {learner.name} returned ({type(exc).__name__}: {_one_line(exc)}): "
                               "check the types and shapes the exercise asks for") from None
 
     return run

@@ -283,6 +283,13 @@ def test_the_safety_net_answers_in_one_line():
         check_toy(lambda: 1)
 
 
+def test_a_multi_line_error_of_the_learner_stays_on_one_line():
+    def shouts(n, b):
+        raise ValueError("first line\nsecond line")
+
+    rejects(check_memory_gb, shouts, r"shouts raised ValueError \(line 2 of shouts\): first line second line")
+
+
 def test_not_a_function():
     with pytest.raises(CheckFailed, match=r"pass your function itself \(got a float\)"):
         check_memory_gb(3.5)
