@@ -8,6 +8,7 @@
 * the solution of every notebook passes its checker and prints exactly the output stored in the notebook
   (which nbval compares).
 """
+import ast
 import importlib.util
 import json
 import re
@@ -550,8 +551,13 @@ from qtutor.primitives import QuantSpec, fake_quant, mse
 @pytest.mark.parametrize("source, checker, function, outputs", _solution_cells())
 def test_notebook_solution_passes_and_prints_the_stored_output(source, checker, function, outputs, tmp_path, capsys):
     # a module file, not exec: triton.jit reads the kernel's source; decorators @exercise(...) are dropped
-    # (their fallbacks live in the notebook), so that the learner's function itself is judged
-    source = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("@exercise"))
+    # (their fallbacks are the notebook's business), so that the learner's function itself is judged
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef):
+            node.decorator_list = [d for d in node.decorator_list
+                                   if not (isinstance(d, ast.Call) and getattr(d.func, "id", None) == "exercise")]
+    source = ast.unparse(tree)
     preamble = _PREAMBLE + ("import triton\nimport triton.language as tl\n" if "triton" in source else "")
     module_path = tmp_path / f"solution_{function}.py"
     module_path.write_text(preamble + source + "\n")
