@@ -161,7 +161,11 @@ def index_notebook(notebooks: Path, timings: dict | None, solutions: str = "solu
         rows.append(f"| [{_title(nb, path.stem)}]({path.name}) | {when} | {ex} | [solution]({solutions}/{path.name}) |")
     machine = timings.get("machine", {})
     where = (f"{machine.get('cpu', 'an unnamed CPU')}, {machine.get('cores', '?')} cores, "
-             f"{timings.get('threads', '?')} torch thread(s) per notebook, {timings.get('date', 'no date')}")
+             f"{timings.get('threads', '?')} torch thread(s) per notebook, {timings.get('workers', 1)} notebook(s) "
+             f"at a time, {timings.get('date', 'no date')}")
+    load = max(timings.get("load_average") or [0])
+    if load > (machine.get("cores") or 0):
+        where += f"; other work kept the load average near {load:.0f}, so expect less on an idle machine"
     intro = (
         "# Start here\n\n"
         "Open **00 · Why quantize?** first and take the notebooks in order: each builds on the one before. "

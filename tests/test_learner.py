@@ -76,7 +76,13 @@ def test_index_lists_lessons_times_exercises_and_solutions(course):
     text = "".join("".join(c["source"]) for c in nb["cells"])
     assert "[00 · Why quantize?](00_lesson.ipynb) | about 2 min | 0.1 task 0 | [solution](solutions/00_lesson.ipynb)" in text
     assert "[01 · Scale](01_lesson.ipynb) | not measured yet | 1.1 task 1" in text
-    assert "Test CPU, 2 cores, 1 torch thread(s)" in text
+    assert "Test CPU, 2 cores, 1 torch thread(s) per notebook, 1 notebook(s) at a time, 2026-12-01" in text
+    assert "load average" not in text
+
+
+def test_index_says_when_the_machine_was_busy(course):
+    timings = {"machine": {"cpu": "Test CPU", "cores": 2}, "load_average": [1.5, 6.2], "notebooks": {}}
+    assert "load average near 6" in json.dumps(index_notebook(course / "notebooks", timings))
 
 
 def test_index_without_timings_record(course):
