@@ -42,8 +42,11 @@ class WeightFormat:
 
 
 def quantize_copy(model: nn.Module, method: str, fmt: WeightFormat, calib: torch.Tensor,
-                  batch_size: int = 4) -> tuple[nn.Module, float]:
-    """A quantized (dequantized-in-place) deep copy of ``model`` and the wall time of quantizing it (s)."""
+                  batch_size: int = 4, progress: bool = False) -> tuple[nn.Module, float]:
+    """A quantized (dequantized-in-place) deep copy of ``model`` and the wall time of quantizing it (s).
+
+    ``progress`` shows a per-block bar for GPTQ and AWQ (:func:`qtutor.progress.progress`).
+    """
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose one of {METHODS}")
     model = copy.deepcopy(model)
@@ -54,10 +57,10 @@ def quantize_copy(model: nn.Module, method: str, fmt: WeightFormat, calib: torch
                 lin.weight.copy_(rtn_grid_quantize(lin.weight, fmt.n_bits, fmt.group_size).dequantize())
     elif method.startswith("GPTQ"):
         cfg = GPTQConfig(n_bits=fmt.n_bits, group_size=fmt.group_size, act_order=method.endswith("act-order"))
-        gptq_quantize_model(model, calib, cfg, batch_size=batch_size, progress=False)
+        gptq_quantize_model(model, calib, cfg, batch_size=batch_size, progress=progress)
     else:
         awq_quantize_model(model, calib, AWQConfig(n_bits=fmt.n_bits, group_size=fmt.group_size),
-                           batch_size=batch_size, progress=False)
+                           batch_size=batch_size, progress=progress)
     return model, time.perf_counter() - start
 
 
@@ -71,9 +74,10 @@ def model_size_mb(model: nn.Module, fmt: WeightFormat | None) -> float:
 
 
 def weight_only_row(model: nn.Module, tokenizer, method: str, fmt: WeightFormat, calib: torch.Tensor,
-                    reference: ReferenceLogits, eval_config: EvalConfig, batch_size: int = 4) -> dict:
+                    reference: ReferenceLogits, eval_config: EvalConfig, batch_size: int = 4,
+                    progress: bool = False) -> dict:
     """One row of the comparison: perplexity, KL and top-1 vs float, size, bits per weight, quantization time."""
-    quantized, seconds = quantize_copy(model, method, fmt, calib, batch_size)
+    quantized, seconds = quantize_copy(model, method, fmt, calib, batch_size, progress)
     agreement = logit_agreement(quantized, reference)
     n = sum(m.weight.numel() for m in decoder_linears(model).values())
     bpw = sum(fmt.bits_per_weight(m.in_features) * m.weight.numel() for m in decoder_linears(model).values()) / n

@@ -215,9 +215,7 @@ class SafetensorsBlocks(BlockSource):
 
 
 def block_progress(n: int, desc: str, enabled: bool):
-    """A per-block progress bar (tqdm), or a silent range when ``enabled`` is False."""
-    if not enabled:
-        return range(n)
-    from tqdm.auto import tqdm
+    """A per-block progress bar (:func:`qtutor.progress.progress`, shown in notebooks), or a plain range."""
+    from ..progress import progress
 
-    return tqdm(range(n), desc=desc, unit="block")
+    return progress(range(n), desc, total=n, unit="block", enabled=enabled)
