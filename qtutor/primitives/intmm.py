@@ -15,8 +15,12 @@ round:
 
 Which of the three is fastest depends on the CPU, so :func:`int8_mm` measures
 once per process (a few milliseconds) instead of guessing from CPU flags, and
-checks on the same probe that the float paths really are exact (a BLAS set to
-lower its fp32 precision would fail that check and is never used).
+checks on the same probe that every path really is exact: a BLAS set to lower
+its fp32 precision, or an int8 kernel that saturates 16-bit partial sums, fails
+that check and is never used. (The course's W8A8 outputs recorded before this
+module existed came from a CPU whose ``torch._int_mm`` did not give the exact
+integers: notebook 03's W8A8 perplexities moved when they were recomputed
+exactly, e.g. dynamic per-token 31.10 → 30.98.)
 ``QTUTOR_INT8_MM=int_mm|float32|float64`` forces one path.
 """
 from __future__ import annotations
@@ -60,7 +64,11 @@ def _probe() -> str:
     gen = torch.Generator().manual_seed(0)
     a = torch.randint(-128, 128, (128, 1536), generator=gen, dtype=torch.int8)  # (M, K)
     b_t = torch.randint(-128, 128, (1536, 576), generator=gen, dtype=torch.int8)  # (K, N)
-    a[0], b_t[:, 0] = -128, -128  # the largest products, all of one sign
+    # the largest products, all of one sign: int8 kernels that add pairs of products in saturating
+    # 16-bit lanes (x86 vpmaddubsw after an s8 -> u8 shift) get these wrong, and are never chosen
+    a[0], b_t[:, 0] = -128, -128
+    a[1], b_t[:, 1] = 127, 127
+    a[2], b_t[:, 2] = 127, -128
     want = _mm_float64(a, b_t)
     best, best_t = "float64", float("inf")
     for name, fn in _IMPLS.items():
