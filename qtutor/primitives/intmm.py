@@ -17,10 +17,7 @@ Which of the three is fastest depends on the CPU, so :func:`int8_mm` measures
 once per process (a few milliseconds) instead of guessing from CPU flags, and
 checks on the same probe that every path really is exact: a BLAS set to lower
 its fp32 precision, or an int8 kernel that saturates 16-bit partial sums, fails
-that check and is never used. (The course's W8A8 outputs recorded before this
-module existed came from a CPU whose ``torch._int_mm`` did not give the exact
-integers: notebook 03's W8A8 perplexities moved when they were recomputed
-exactly, e.g. dynamic per-token 31.10 → 30.98.)
+that check and is never used.
 ``QTUTOR_INT8_MM=int_mm|float32|float64`` forces one path.
 """
 from __future__ import annotations
