@@ -27,6 +27,11 @@ _INV_127 = 7.874015718698502e-3  # bitsandbytes' constants, kept to match it bit
 _INV_127_SQ = 6.200124e-05
 
 
+def _check_threshold(threshold: float) -> None:
+    if not (isinstance(threshold, (int, float)) and threshold >= 0):  # NaN fails ">= 0" too
+        raise ValueError(f"threshold={threshold!r}: must be a number ≥ 0 (0 turns the outlier path off)")
+
+
 def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
     """Indices of the columns of ``x`` (tokens, K) holding any ``|x| ≥ threshold``."""
     return torch.argwhere((x.abs() >= threshold).any(dim=0)).view(-1)
@@ -40,6 +45,7 @@ def vectorwise_quant(x: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Ten
     """
     if x.dtype != torch.float16:
         raise ValueError(f"x has dtype {x.dtype}: LLM.int8() quantizes float16 inputs")
+    _check_threshold(threshold)
     cols = torch.empty(0, dtype=torch.long, device=x.device)
     a = x
     if threshold > 0.0:
@@ -65,6 +71,7 @@ def llm_int8_matmul(
     """
     if CB.dtype != torch.int8 or CB.ndim != 2 or CB.shape[1] != x.shape[-1]:
         raise ValueError(f"CB must be int8 (N, {x.shape[-1]}), got {CB.dtype} {tuple(CB.shape)}")
+    _check_threshold(threshold)  # the CPU path validates as the kernel path does
     if use_triton is None and x.is_cuda:
         from ..kernels.llm_int8 import llm_int8_matmul as fused
 
@@ -86,6 +93,7 @@ class Int8LinearLt(nn.Module):
 
     def __init__(self, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0, bias=None, use_triton=None):
         super().__init__()
+        _check_threshold(threshold)
         self.register_buffer("CB", CB)
         self.register_buffer("SCB", SCB)
         self.bias = None if bias is None else nn.Parameter(bias.detach().half(), requires_grad=False)

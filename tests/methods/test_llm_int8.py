@@ -57,3 +57,23 @@ def test_outliers_excluded_from_row_scale():
 def test_bad_dtype():
     with pytest.raises(ValueError, match="float16"):
         vectorwise_quant(torch.randn(2, 4))
+
+
+def test_threshold_is_inclusive():
+    # bitsandbytes routes |x| >= threshold to fp16: a value exactly at 6.0 is an outlier, 5.996 is not
+    x = torch.tensor([[6.0, 1.0, 5.996], [0.5, -6.0, 0.25]], dtype=torch.float16)
+    codes, stats, cols = vectorwise_quant(x, threshold=6.0)
+    assert cols.tolist() == [0, 1] and outlier_columns(x, 6.0).tolist() == [0, 1]
+    assert codes[:, :2].eq(0).all() and stats.tolist() == [5.99609375, 0.5]
+
+
+@pytest.mark.parametrize("threshold", [-1.0, float("nan"), "6"], ids=["negative", "nan", "string"])
+def test_bad_threshold_cpu_path(threshold):
+    x = torch.randn(3, 8).half()
+    CB, SCB, _ = vectorwise_quant(torch.randn(4, 8).half())
+    from qtutor.methods.llm_int8 import llm_int8_matmul
+
+    with pytest.raises(ValueError, match="threshold="):
+        llm_int8_matmul(x, CB, SCB, threshold)
+    with pytest.raises(ValueError, match="threshold="):
+        Int8LinearLt(CB, SCB, threshold)
