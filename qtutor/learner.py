@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 __all__ = [
-    "strip_solutions", "student_notebook", "write_learner_copies", "exercises", "index_notebook",
+    "strip_solutions", "student_notebook", "MarkerError", "write_learner_copies", "exercises", "index_notebook",
     "prepare_learner_folder", "course_command", "repo_root", "TIMINGS",
 ]
 
@@ -48,35 +48,62 @@ def repo_root() -> Path:
     return here if (here / "notebooks").is_dir() else Path.cwd()
 
 
-def strip_solutions(source: str) -> str:
-    """Replace each BEGIN/END SOLUTION region of a cell's source by a stub at the same indentation."""
+_MARKER_LIKE = re.compile(r"^#.*(\b(BEGIN|END|START|STOP|BEING|BEGING)\w*\b.*\bSOL\w*|\bSOL\w*\b.*\b(BEGIN|END)\b)",
+                          re.IGNORECASE)  # comment lines that mention begin/end and a "sol…" word
+
+
+class MarkerError(ValueError):
+    """A notebook's solution markers are unknown, misspelled, unbalanced or missing."""
+
+
+def strip_solutions(source: str, where: str = "this cell") -> str:
+    """Replace each BEGIN/END SOLUTION region of a cell's source by a stub at the same indentation.
+
+    A line that looks like a marker but is not exactly ``### BEGIN SOLUTION`` or
+    ``### END SOLUTION`` (``## BEGIN SOLUTION``, ``### BEGIN SOLUTIONS``, ``# end solution``)
+    is refused, as are nested, unopened and unclosed regions: a learner copy must never
+    leak a solution because of a typo. ``where`` names the notebook and cell in the error.
+    """
     out, inside = [], False
-    for line in source.splitlines(keepends=True):
-        if line.strip() == BEGIN:
+    for n, line in enumerate(source.splitlines(keepends=True), 1):
+        text = line.strip()
+        if text == BEGIN:
             if inside:
-                raise ValueError("nested BEGIN SOLUTION")
+                raise MarkerError(f"{where}, line {n}: BEGIN SOLUTION inside another solution (nested markers)")
             inside = True
             indent = re.match(r"\s*", line).group(0)
             out.append(f"{indent}{STUB}\n")
-        elif line.strip() == END:
+        elif text == END:
             if not inside:
-                raise ValueError("END SOLUTION without BEGIN")
+                raise MarkerError(f"{where}, line {n}: END SOLUTION without a BEGIN SOLUTION above it")
             inside = False
+        elif _MARKER_LIKE.search(text):
+            raise MarkerError(f"{where}, line {n}: {text!r} looks like a solution marker but is not one of "
+                              f"{BEGIN!r} / {END!r} (the only two spellings the learner copies understand)")
         elif not inside:
             out.append(line)
     if inside:
-        raise ValueError("BEGIN SOLUTION without END")
+        raise MarkerError(f"{where}: BEGIN SOLUTION is never closed by {END!r}")
     return "".join(out)
 
 
-def student_notebook(nb: dict) -> dict:
-    """A copy of notebook ``nb`` with solutions stubbed and outputs cleared."""
+def student_notebook(nb: dict, name: str = "notebook") -> dict:
+    """A copy of notebook ``nb`` with solutions stubbed and outputs cleared.
+
+    Raises :class:`MarkerError` (naming ``name`` and the cell) for bad markers, and for an
+    exercise cell (a function decorated with ``@exercise``) that holds no solution markers:
+    its solution would reach the learner.
+    """
     nb = json.loads(json.dumps(nb))
-    for cell in nb["cells"]:
+    for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] != "code":
             continue
         src = "".join(cell["source"])
-        cell["source"] = strip_solutions(src).splitlines(keepends=True)
+        where = f"{name}, cell {i}"
+        stripped = strip_solutions(src, where)
+        if re.search(r"^\s*@exercise\(", src, re.MULTILINE) and BEGIN not in src:
+            raise MarkerError(f"{where}: an @exercise function without {BEGIN!r} / {END!r} around its solution")
+        cell["source"] = stripped.splitlines(keepends=True)
         cell["outputs"], cell["execution_count"] = [], None
     return nb
 
@@ -96,12 +123,15 @@ def write_learner_copies(notebooks: Path, out: Path, force: bool = False) -> dic
     the copy was untouched since it was written), ``unchanged``, ``kept`` (the learner
     saved it: left alone) or ``replaced`` (``force``).
     """
+    # every copy is made before anything is written: a bad marker in one notebook writes nothing
+    texts = {path.name: _dump(student_notebook(json.loads(path.read_text()), path.name))
+             for path in sorted(notebooks.glob("[0-9][0-9]_*.ipynb"))}
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / _HASHES
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     done = {}
-    for path in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
-        text = _dump(student_notebook(json.loads(path.read_text())))
+    for name, text in texts.items():
+        path = notebooks / name
         target = out / path.name
         if not target.exists():
             status = "written"

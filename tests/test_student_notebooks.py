@@ -50,3 +50,40 @@ def test_script_writes_copies(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_student_notebooks.py"), "--out", str(tmp_path)],
                    check=True, capture_output=True)
     assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == [p.name for p in NOTEBOOKS]
+
+
+# --- markers are strict: a typo must never leak a solution into a learner copy -----------------------
+
+from qtutor.learner import MarkerError, write_learner_copies  # noqa: E402
+
+
+def _nb(*sources):
+    return {"cells": [{"cell_type": "code", "source": s, "outputs": [], "execution_count": None, "metadata": {}}
+                      for s in sources], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+@pytest.mark.parametrize("source,match", [
+    ("def f():\n    ## BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n", "looks like a solution marker"),
+    ("def f():\n    ### BEGIN SOLUTIONS\n    return 1\n    ### END SOLUTION\n", "looks like a solution marker"),
+    ("def f():\n    ### BEGIN SOLUTION\n    return 1\n    # end solution\n", "looks like a solution marker"),
+    ("def f():\n    ### BEGIN SOLUTION\n    return 1\n", "never closed"),
+    ("def f():\n    return 1\n    ### END SOLUTION\n", "without a BEGIN"),
+    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\nx = 1\n### END SOLUTION\n", "nested"),
+    ('@exercise("9.9", fallback=g)\ndef f():\n    return 1\n', "without '### BEGIN SOLUTION'"),
+], ids=["two hashes", "plural", "lower-case end", "unclosed", "unopened", "nested", "decorated, no markers"])
+def test_bad_markers_named_with_notebook_and_cell(source, match):
+    with pytest.raises(MarkerError, match=match) as info:
+        student_notebook(_nb("x = 0\n", source), "99_demo.ipynb")
+    assert "99_demo.ipynb, cell 1" in str(info.value)
+
+
+def test_bad_marker_in_one_notebook_writes_no_file(tmp_path):
+    src = tmp_path / "nbs"
+    src.mkdir()
+    good = _nb('@exercise("1.1", fallback=g)\ndef f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n')
+    (src / "01_good.ipynb").write_text(json.dumps(good))
+    (src / "02_bad.ipynb").write_text(json.dumps(_nb("def f():\n    ### BEGIN SOLUTON\n    return 1\n")))
+    out = tmp_path / "out"
+    with pytest.raises(MarkerError, match="02_bad.ipynb, cell 0"):
+        write_learner_copies(src, out)
+    assert not out.exists()
