@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -114,19 +115,32 @@ def setup_notebook(seed: int = 0, threads: int | None = None) -> None:
     matplotlib.rcParams.update({"figure.figsize": (7, 3.5), "figure.dpi": 90, "axes.grid": True})
 
 
+_RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _results_path(name: str) -> Path:
+    """``<cache>/notebook-results/<name>.json``; a name that could leave that folder is refused."""
+    from .model.loading import cache_dir
+
+    if not isinstance(name, str) or not _RESULT_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"name={name!r}: use letters, digits, '_', '-' and '.' only (no path separators or '..'), "
+                         "e.g. '07_gptq'")
+    return cache_dir() / "notebook-results" / f"{name}.json"
+
+
 def save_notebook_results(name: str, rows: list[dict]) -> Path:
     """Keep a notebook's computed table for a later notebook (``<cache>/notebook-results/<name>.json``)."""
     import datetime
     import json
     import platform
 
-    from .model.loading import cache_dir
-
-    path = cache_dir() / "notebook-results" / f"{name}.json"
+    path = _results_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"computed_by": name, "date": datetime.date.today().isoformat(), "machine": platform.machine(),
               "rows": rows}
-    path.write_text(json.dumps(record, indent=2))
+    tmp = path.with_suffix(".json.tmp")  # written whole, then renamed: never a half-written file
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
     return path
 
 
@@ -134,7 +148,5 @@ def load_notebook_results(name: str) -> dict | None:
     """The table ``save_notebook_results(name, …)`` kept, or None if that notebook has not been run here."""
     import json
 
-    from .model.loading import cache_dir
-
-    path = cache_dir() / "notebook-results" / f"{name}.json"
+    path = _results_path(name)
     return json.loads(path.read_text()) if path.is_file() else None
