@@ -31,6 +31,7 @@ __all__ = [
     "KL_FAST",
     "eval_windows",
     "perplexity",
+    "nll_and_count",
     "ReferenceLogits",
     "reference_logits",
     "logit_agreement",
@@ -85,15 +86,22 @@ def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def perplexity(model: torch.nn.Module, tokenizer, config: EvalConfig = FAST) -> float:
-    """WikiText-2 test perplexity under the protocol in the module docstring."""
+def nll_and_count(model: torch.nn.Module, tokenizer, config: EvalConfig = FAST) -> tuple[float, int]:
+    """Summed negative log-likelihood (nats) and the number of predicted tokens: ``ctx - 1`` per window."""
     windows = eval_windows(tokenizer, config)
     nll, count = 0.0, 0
     for batch in windows.split(config.batch_size):
-        logits = _logits(model, batch)[:, :-1]  # (B, T-1, V)
+        logits = _logits(model, batch)[:, :-1]  # (B, T-1, V): position t predicts token t+1
         target = batch[:, 1:].to(logits.device)
         nll += float(F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum"))
         count += target.numel()
+    return nll, count
+
+
+@torch.no_grad()
+def perplexity(model: torch.nn.Module, tokenizer, config: EvalConfig = FAST) -> float:
+    """WikiText-2 test perplexity under the protocol in the module docstring."""
+    nll, count = nll_and_count(model, tokenizer, config)
     return math.exp(nll / count)
 
 

@@ -44,3 +44,23 @@ def test_bad_config(smollm2):
         EvalConfig(n_windows=0)
     with pytest.raises(ValueError, match="only"):
         eval_windows(tok, EvalConfig(ctx=512, n_windows=10**6))
+
+
+def test_fast_protocol_pinned(smollm2):
+    """The FAST protocol exactly: 8 windows of 512 tokens, 8 x 511 scored tokens, the float model's perplexity.
+
+    Measured 2026-12-01 on the 2-core AMD EPYC dev machine (torch 2.13.0): 30.1476 (the notebooks print 30.15).
+    An off-by-one in the windows or the scored positions moves the count; the tolerance (1e-4 relative) is for
+    float summation order across CPUs, well below what one token more or less changes (~2.5e-4).
+    """
+    import hashlib
+
+    from qtutor.eval import FAST, nll_and_count
+
+    model, tok = smollm2
+    w = eval_windows(tok, FAST)
+    assert w.shape == (8, 512)
+    assert hashlib.sha256(w.numpy().tobytes()).hexdigest()[:16] == "25c5079fbbf001d5"
+    nll, count = nll_and_count(model, tok, FAST)
+    assert count == 8 * 511
+    assert math.exp(nll / count) == pytest.approx(30.147553, rel=1e-4)
