@@ -542,7 +542,9 @@ def _solution_cells():
 _PREAMBLE = """\
 import numpy as np
 import torch
+from qtutor import exercises
 from qtutor.course import exercise
+from qtutor.exercises import kernel_stub_errors
 from qtutor.methods.awq import pseudo_quantize_tensor
 from qtutor.primitives import QuantSpec, fake_quant, mse
 """
