@@ -7,7 +7,9 @@ code (IST-DASLab/gptq, ``gptq.py``: ``GPTQ.add_batch`` and ``fasterquant``):
 * ``H = 2 X Xᵀ / n`` accumulated as a running mean over calibration batches;
 * dead columns (``H_jj = 0``) get ``H_jj = 1`` and a zero weight;
 * dampening ``λ = percdamp · mean(diag H)`` added to the diagonal;
-* ``Hinv`` = upper Cholesky factor of ``H⁻¹``;
+* ``Hinv`` = upper Cholesky factor of ``H⁻¹``, computed on one CPU thread
+  (:func:`one_cpu_thread`): LAPACK's Cholesky gives different last bits with
+  different thread counts, and a last bit can move a weight by a grid step;
 * columns processed left to right in lazy batches of ``blocksize`` (128): each
   column is quantized, its error ``(w − q) / Hinv_jj`` is spread over the
   remaining columns of the batch, and the batch's accumulated error over all
@@ -22,14 +24,33 @@ per-group) scale and zero-point; "symmetric" puts the zero-point at
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from .grid import QuantizedWeight
 
-__all__ = ["GPTQConfig", "GPTQ", "gptq_grid_params", "gptq_fake_quant"]
+__all__ = ["GPTQConfig", "GPTQ", "gptq_grid_params", "gptq_fake_quant", "one_cpu_thread"]
+
+
+@contextlib.contextmanager
+def one_cpu_thread() -> Iterator[None]:
+    """Run the block on one CPU thread, then restore the thread count.
+
+    MKL's Cholesky factor and inverse differ in the last bits between one and
+    two threads (measured for every size from 48 to 1536), so GPTQ's result
+    would depend on the thread count; on a shared machine one thread is also
+    faster than two that spin-wait. (GPU work is unaffected.)
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -105,12 +126,13 @@ class GPTQ:
         for attempt in range(4):  # retry with 10x more damping before giving up
             Hd = H.clone()
             Hd[diag, diag] += damp * 10**attempt
-            L, info = torch.linalg.cholesky_ex(Hd)
-            if info == 0:
-                Hinv = torch.cholesky_inverse(L)
-                U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            with one_cpu_thread():  # the same bits at every thread count
+                L, info = torch.linalg.cholesky_ex(Hd)
                 if info == 0:
-                    return U
+                    Hinv = torch.cholesky_inverse(L)
+                    U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if info == 0:
+                return U
         raise ValueError(
             f"{self.name}: the Hessian is not positive definite even with dampening {percdamp * 1000:g}% of its "
             "mean diagonal; the calibration inputs are degenerate (too few tokens, or NaN/Inf activations)"
