@@ -939,7 +939,7 @@ def check_awq_scale_search(fn: Callable) -> None:
 def check_dequant_gemv(fn: Callable) -> None:
     """``fn(x (K,) fp32, qweight, qzeros, scales fp32, group_size) -> y (N,)``: the 4-bit GPTQ-v2 GEMV."""
     from .formats.layouts import pack_gptq
-    from .methods.grid import rtn_grid_quantize
+    from .primitives.grid import rtn_grid_quantize
 
     gen = torch.Generator().manual_seed(5)
     K, N, gs = 96, 48, 32

@@ -132,7 +132,7 @@ def dequant_gemv(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
     ``qweight`` (K/8, N) and ``qzeros`` (K/group_size, N/8) int32, ``scales`` (K/group_size, N) float32.
     """
     from .formats.layouts import unpack_gptq
-    from .methods.grid import QuantizedWeight
+    from .primitives.grid import QuantizedWeight
 
     g_idx = torch.arange(x.shape[0], dtype=torch.int32) // group_size  # (K,)
     codes = unpack_gptq({"qweight": qweight, "qzeros": qzeros, "scales": scales, "g_idx": g_idx},

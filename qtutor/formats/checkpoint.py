@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..methods.grid import QuantizedWeight
+from ..primitives.grid import QuantizedWeight
 from ..model.walk import decoder_linears
 from .layouts import (
     pack_awq, pack_compressed_tensors, pack_gptq, unpack_awq, unpack_compressed_tensors, unpack_gptq,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ..methods.grid import QuantizedWeight, n_groups
+from ..primitives.grid import QuantizedWeight, n_groups
 
 __all__ = [
     "pack_gptq", "unpack_gptq", "pack_awq", "unpack_awq", "AWQ_ORDER",

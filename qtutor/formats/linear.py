@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods.grid import QuantizedWeight
+from ..primitives.grid import QuantizedWeight
 from .layouts import pack_gptq, unpack_gptq
 
 __all__ = ["PackedLinear"]

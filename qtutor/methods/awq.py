@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .grid import n_groups, rtn_grid_quantize
+from ..primitives.grid import n_groups, rtn_grid_quantize
 
 __all__ = ["pseudo_quantize_tensor", "search_scales", "fold_scales_into_norm", "search_clip", "apply_clip"]
 

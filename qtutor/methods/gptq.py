@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .grid import QuantizedWeight
+from ..primitives.grid import QuantizedWeight
 
 __all__ = ["GPTQConfig", "GPTQ", "gptq_grid_params", "gptq_fake_quant", "one_cpu_thread"]
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..methods.awq import apply_clip, fold_scales_into_norm, search_clip, search_scales
-from ..methods.grid import QuantizedWeight, rtn_grid_quantize
+from ..primitives.grid import QuantizedWeight, rtn_grid_quantize
 from .sequential import (
     LLAMA_SEQUENTIAL_GROUPS, BlockInputs, BlockSource, InMemoryBlocks, block_progress, capture_block_inputs,
     collect_linear_inputs, run_block,

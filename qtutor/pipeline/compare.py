@@ -14,7 +14,7 @@ from torch import nn
 
 from ..eval import EvalConfig, ReferenceLogits, logit_agreement, perplexity
 from ..methods.gptq import GPTQConfig
-from ..methods.grid import rtn_grid_quantize
+from ..primitives.grid import rtn_grid_quantize
 from ..model.walk import decoder_linears
 from .awq import AWQConfig, awq_quantize_model
 from .gptq import gptq_quantize_model

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..methods.gptq import GPTQ, GPTQConfig
-from ..methods.grid import QuantizedWeight
+from ..primitives.grid import QuantizedWeight
 from .sequential import (
     LLAMA_SEQUENTIAL_GROUPS, BlockSource, InMemoryBlocks, block_progress, capture_block_inputs,
     collect_linear_inputs, run_block,

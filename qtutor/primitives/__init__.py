@@ -8,6 +8,7 @@ from .metrics import (
     relative_error,
     sqnr_db,
 )
+from .grid import QuantizedWeight, group_min_max, n_groups, rtn_grid_quantize
 from .intmm import INT8_MM_BACKENDS, int8_mm, int8_mm_backend
 from .packing import pack, packed_length, unpack
 from .qparams import QParams, check_float_tensor, choose_qparams, dequantize, fake_quant, quantize
@@ -29,4 +30,5 @@ __all__ = [
     "dequantize", "fake_quant", "pack", "unpack", "packed_length", "mse", "sqnr_db",
     "max_abs_error", "relative_error", "error_report", "n_qparams", "bits_per_weight",
     "int8_mm", "int8_mm_backend", "INT8_MM_BACKENDS",
+    "QuantizedWeight", "group_min_max", "n_groups", "rtn_grid_quantize",
 ]

@@ -6,7 +6,7 @@ import torch
 
 from qtutor.formats.checkpoint import load_quantized, save_quantized
 from qtutor.formats.linear import PackedLinear
-from qtutor.methods.grid import rtn_grid_quantize
+from qtutor.primitives import rtn_grid_quantize
 from qtutor.model import decoder_linears
 
 IDS = torch.tensor([[1, 504, 3458, 314, 4649, 314, 2]])

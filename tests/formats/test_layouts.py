@@ -3,7 +3,7 @@ import pytest
 import torch
 from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
 
-from qtutor.methods.grid import QuantizedWeight, rtn_grid_quantize
+from qtutor.primitives import QuantizedWeight, rtn_grid_quantize
 from qtutor.formats.layouts import (
     pack_awq, pack_compressed_tensors, pack_gptq, unpack_awq, unpack_compressed_tensors, unpack_gptq,
 )

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from qtutor.formats.linear import PackedLinear
-from qtutor.methods.grid import rtn_grid_quantize
+from qtutor.primitives import rtn_grid_quantize
 from qtutor.model import decoder_linears
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -4,7 +4,7 @@ import torch
 
 from qtutor.formats.layouts import pack_gptq
 from qtutor.kernels.w4a16 import dequantize_gptq_ref, w4a16_matmul, w4a16_ref
-from qtutor.methods.grid import QuantizedWeight, rtn_grid_quantize
+from qtutor.primitives import QuantizedWeight, rtn_grid_quantize
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (M, K, N): M=1…3 take the GEMV, 17 and 70 the GEMM; K and N off the block grid

@@ -3,7 +3,7 @@ import copy
 
 import torch
 
-from qtutor.methods.grid import rtn_grid_quantize
+from qtutor.primitives import rtn_grid_quantize
 from qtutor.model import fake_quantized
 from qtutor.pipeline import AWQConfig, awq_quantize_model, capture_block_inputs, run_block
 from qtutor.pipeline.awq import awq_search_and_fold
