@@ -1,5 +1,12 @@
-"""AWQ's scale and clipping searches on a real SmolLM2 MLP."""
+"""AWQ's scale and clipping searches on a real SmolLM2 block, pinned against the reference.
+
+``tests/fixtures/awq_reference.safetensors`` holds what mit-han-lab/llm-awq's own
+``_search_module_scale`` and ``auto_clip_layer`` chose on block 3 of the course model
+(commit, inputs and command in its metadata and in ``tests/fixtures/make_awq_reference.py``).
+"""
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,7 +55,8 @@ def test_scale_search_beats_rtn_and_folding_is_exact(mlp_input):
         x = block.post_attention_layernorm(h)  # what gate/up read
         before = mlp(x)
     scales, ratio, history = search_scales(mlp, [mlp.gate_proj, mlp.up_proj], x, n_bits=3, group_size=64)
-    assert len(history) == 20 and min(history) <= history[0]  # ratio 0 is plain round-to-nearest
+    assert len(history) == 20
+    assert history[round(ratio * 20)] == min(history)  # the chosen α is the one with the least loss
     with torch.no_grad():
         assert torch.equal(mlp(x), before)  # the search restored the weights
     # fold into the norm that feeds the MLP: the float output must not change
@@ -68,3 +76,58 @@ def test_clip_search_reduces_output_error(mlp_input):
     err_clip = ((h @ w.T - h @ pseudo_quantize_tensor(clipped, 3, 64).T) ** 2).mean()
     err_rtn = ((h @ w.T - h @ pseudo_quantize_tensor(w, 3, 64).T) ** 2).mean()
     assert err_clip <= err_rtn
+
+
+# --- pinned against the reference ------------------------------------------------------
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "awq_reference.safetensors"
+# Scales: float32, the same formula on the same inputs; rtol 1e-5 leaves room for a
+# different order of the mean's sum on another BLAS, and nothing else.
+SCALE_RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def awq_reference():
+    from safetensors import safe_open
+
+    with safe_open(FIXTURE, "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for k in ("x_attn", "x_mlp"):
+        tensors[k] = tensors[k].float()  # stored as float16; both sides ran on these values
+    return tensors, json.loads(meta["setup"]), json.loads(meta["ratios"])
+
+
+def _searches(block, ref, setup):
+    attn, mlp = block.self_attn, block.mlp
+    rope = (ref["cos"], ref["sin"])
+    return {
+        "qkv": (lambda h: attn(hidden_states=h, position_embeddings=rope), [attn.q_proj, attn.k_proj, attn.v_proj],
+                ref["x_attn"]),
+        "gate_up": (mlp, [mlp.gate_proj, mlp.up_proj], ref["x_mlp"]),
+    }
+
+
+@pytest.mark.parametrize("group", ["qkv", "gate_up"])
+def test_scale_search_equals_reference(smollm2, awq_reference, group):
+    model, _ = smollm2
+    ref, setup, ratios = awq_reference
+    block = model.model.layers[setup["block"]]
+    module, linears, x = _searches(block, ref, setup)[group]
+    scales, ratio, history = search_scales(module, linears, x, n_bits=setup["n_bits"],
+                                           group_size=setup["group_size"], n_grid=setup["n_grid"])
+    assert ratio == ratios[group] and ratio > 0  # a nonzero α: plain round-to-nearest would not pass
+    torch.testing.assert_close(scales, ref[f"scales_{group}"], rtol=SCALE_RTOL, atol=0)
+
+
+@pytest.mark.parametrize("name", ["self_attn.v_proj", "mlp.gate_proj"])
+def test_clip_search_equals_reference(smollm2, awq_reference, name):
+    model, _ = smollm2
+    ref, setup, _ = awq_reference
+    lin = model.model.layers[setup["block"]].get_submodule(name)
+    x = ref["x_attn"] if name.startswith("self_attn") else ref["x_mlp"]
+    max_val = search_clip(lin.weight.detach(), x, setup["n_bits"], setup["group_size"])
+    expected = ref[f"clip_{name.split('.')[1]}"]
+    assert max_val.shape == expected.shape
+    # every max|w| is org_max * (1 - i/20): the same shrink step gives the same float32 value
+    assert torch.equal(max_val, expected), f"{(max_val != expected).sum().item()} of {expected.numel()} groups differ"
