@@ -27,7 +27,10 @@ from qtutor.course import setup_notebook
 from qtutor.data import Corpus, calibration_samples, tokenize_corpus
 from qtutor.eval import KL_FAST, EvalConfig, perplexity, reference_logits
 from qtutor.model import load_model
-from qtutor.pipeline.compare import WeightFormat, model_size_mb, quantize_copy, weight_only_row
+from qtutor.config import AWQConfig, GPTQConfig
+from qtutor.pipeline.compare import (
+    WeightFormat, method_configs, method_label, model_size_mb, quantize_copy, weight_only_row,
+)
 
 FORMATS = [WeightFormat(4, 128), WeightFormat(4, 64), WeightFormat(3, 128), WeightFormat(4, None)]
 EVAL = EvalConfig(ctx=512, n_windows=20)
@@ -59,17 +62,18 @@ def main() -> None:
     rows = [{"method": "float", "format": "fp32 (16-bit size)", "perplexity": perplexity(model, tok, EVAL),
              "kl": 0.0, "top1": 1.0, "bits_per_weight": 16.0, "size_mb": model_size_mb(model, None)}]
     for fmt in FORMATS if args.part != "domains" else []:
-        for method in ("RTN", "GPTQ", "GPTQ act-order", "AWQ"):
+        for config in method_configs(fmt):
             t = time.perf_counter()
-            rows.append(weight_only_row(model, tok, method, fmt, wiki, ref, EVAL))
-            print(f"{fmt.label:<16}{method:<16}ppl {rows[-1]['perplexity']:.2f}  ({time.perf_counter() - t:.0f} s)", flush=True)
+            rows.append(weight_only_row(model, tok, config, wiki, ref, EVAL))
+            print(f"{fmt.label:<16}{method_label(config):<16}ppl {rows[-1]['perplexity']:.2f}  ({time.perf_counter() - t:.0f} s)", flush=True)
     domains = []
     fmt = WeightFormat(3, 128)
-    for method in ("GPTQ", "AWQ") if args.part != "table" else []:
+    for config in (GPTQConfig(fmt.n_bits, fmt.group_size), AWQConfig(fmt.n_bits, fmt.group_size)) \
+            if args.part != "table" else []:
         for corpus in Corpus:
             calib = calibration_samples(tok, corpus, **CAL)
-            q, seconds = quantize_copy(model, method, fmt, calib)
-            domains.append({"method": method, "format": fmt.label, "calibrated_on": corpus.name,
+            q, seconds = quantize_copy(model, config, calib)
+            domains.append({"method": method_label(config), "format": fmt.label, "calibrated_on": corpus.name,
                             "wikitext_perplexity": perplexity(q, tok, EVAL),
                             **{f"heldout_{c.name.lower()}_perplexity": _heldout_ppl(q, tok, c) for c in Corpus},
                             "quantize_s": seconds})

@@ -1,34 +1,45 @@
-"""Save a GPTQ/AWQ-quantized model as a checkpoint other tools read, and load it back into ``PackedLinear``s.
+"""Save a GPTQ/AWQ-quantized model as a checkpoint other tools read, and load it back into ``W4A16Linear``s.
 
 ``save_quantized(model, results, folder, fmt)`` writes ``config.json`` (the model's
 config with the ``quantization_config`` each ecosystem expects) and
 ``model.safetensors``: packed tensors for every quantized linear, the other
-tensors (embeddings, norms, LM head) as they are in the model.
+tensors (embeddings, norms, LM head) as they are in the model. ``fmt`` names a
+layout of :data:`qtutor.formats.registry.LAYOUTS`:
 
-* ``fmt="gptq"``: AutoGPTQ/GPTQModel v1 (``checkpoint_format: gptq``, zero − 1);
-* ``fmt="gptq_v2"``: GPTQModel's v2 (zeros as they are);
-* ``fmt="awq"``: AutoAWQ GEMM (``quant_method: awq, version: gemm``);
-* ``fmt="compressed-tensors"``: ``pack-quantized``, as llm-compressor writes for vLLM;
+* ``"gptq"``: AutoGPTQ/GPTQModel v1 (``checkpoint_format: gptq``, zero − 1);
+* ``"gptq_v2"``: GPTQModel's v2 (zeros as they are);
+* ``"awq"``: AutoAWQ GEMM (``quant_method: awq, version: gemm``);
+* ``"compressed-tensors"``: ``pack-quantized``, as llm-compressor writes for vLLM;
   ``transformers`` loads it when the ``compressed-tensors`` package is installed.
+
+Saving is atomic: both files go to a temporary folder beside ``folder``, which then
+replaces it whole — an error leaves the old checkpoint as it was, and one format
+saved over another leaves no file of the first. Loading checks the header, then
+every tensor's name, dtype and shape against the config and the model, naming the
+tensor, before it reads one; the packed modules are built from the file's tensors
+(:meth:`W4A16Linear.from_tensors`), in the module's layout directly for GPTQ v2.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from ..primitives.grid import QuantizedWeight
 from ..model.walk import decoder_linears
-from .layouts import (
-    pack_awq, pack_compressed_tensors, pack_gptq, unpack_awq, unpack_compressed_tensors, unpack_gptq,
-)
-from .linear import PackedLinear
+from ..nn.w4a16 import W4A16Linear
+from ..primitives.grid import QuantizedWeight
+from .files import TensorInfo, atomic_folder, read_header
+from .registry import LAYOUTS, Layout, layout_for
 
-__all__ = ["FORMATS", "save_quantized", "load_quantized"]
+__all__ = ["FORMATS", "CHECKPOINT_FILES", "save_quantized", "load_quantized"]
 
-FORMATS = ("gptq", "gptq_v2", "awq", "compressed-tensors")
+FORMATS = tuple(LAYOUTS)
+CHECKPOINT_FILES = frozenset({"config.json", "model.safetensors"})
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _describe(results: dict[str, QuantizedWeight]) -> tuple[int, int | None, bool, bool]:
@@ -41,27 +52,14 @@ def _describe(results: dict[str, QuantizedWeight]) -> tuple[int, int | None, boo
     return n_bits, group_size, any(qw.has_act_order for qw in results.values()), symmetric
 
 
-def _quantization_config(fmt: str, n_bits: int, group_size: int | None, act_order: bool, symmetric: bool) -> dict:
-    gs = group_size if group_size is not None else -1
-    if fmt in ("gptq", "gptq_v2"):
-        return {"quant_method": "gptq", "bits": n_bits, "group_size": gs, "desc_act": act_order, "sym": symmetric,
-                "true_sequential": True, "checkpoint_format": fmt}
-    if fmt == "awq":
-        return {"quant_method": "awq", "bits": n_bits, "group_size": gs, "zero_point": True, "version": "gemm"}
-    weights = {"num_bits": n_bits, "type": "int", "symmetric": symmetric, "dynamic": False,
-               "strategy": "group" if group_size is not None else "channel", "group_size": group_size}
-    return {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
-            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
-                                          "output_activations": None, "format": "pack-quantized"}},
-            "ignore": ["lm_head"]}
-
-
 def save_quantized(model: nn.Module, results: dict[str, QuantizedWeight], folder: str | Path, fmt: str = "gptq") -> Path:
-    """Write ``model`` with the decoder linears in ``results`` packed in ``fmt``; returns the folder."""
-    from safetensors.torch import save_file
+    """Write ``model`` with the decoder linears in ``results`` packed in layout ``fmt``; returns the folder.
 
-    if fmt not in FORMATS:
+    ``folder`` is replaced as a whole (it may hold an older checkpoint, nothing else).
+    """
+    if fmt not in LAYOUTS:
         raise ValueError(f"fmt={fmt!r}: choose one of {FORMATS}")
+    layout = LAYOUTS[fmt]
     linears = decoder_linears(model)
     missing = sorted(set(linears) - set(results))
     if missing:
@@ -69,74 +67,122 @@ def save_quantized(model: nn.Module, results: dict[str, QuantizedWeight], folder
     n_bits, group_size, act_order, symmetric = _describe(results)
     tensors: dict[str, torch.Tensor] = {}
     for name, qw in results.items():
-        if fmt in ("gptq", "gptq_v2"):
-            packed = pack_gptq(qw, version=1 if fmt == "gptq" else 2)
-        elif fmt == "awq":
-            packed = pack_awq(qw)
-        else:
-            packed = pack_compressed_tensors(qw, symmetric=symmetric)
+        try:
+            packed = layout.pack(qw, symmetric)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from e
         tensors.update({f"{name}.{k}": v for k, v in packed.items()})
     skip = {f"{n}.weight" for n in linears}
     for key, value in model.state_dict().items():
         if key not in skip and not (key == "lm_head.weight" and model.config.tie_word_embeddings):
             tensors[key] = value.detach().cpu().contiguous()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config = model.config.to_dict()
-    config["quantization_config"] = _quantization_config(fmt, n_bits, group_size, act_order, symmetric)
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    config["quantization_config"] = layout.quantization_config(n_bits, group_size, act_order, symmetric)
+    folder = Path(folder)
+    with atomic_folder(folder, CHECKPOINT_FILES) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     return folder
 
 
-def _read_format(qconfig: dict) -> tuple[str, int, int | None]:
-    method = qconfig.get("quant_method")
-    if method == "gptq":
-        gs = qconfig["group_size"]
-        return qconfig.get("checkpoint_format", "gptq"), qconfig["bits"], None if gs == -1 else gs
-    if method == "awq":
-        gs = qconfig["group_size"]
-        return "awq", qconfig["bits"], None if gs == -1 else gs
-    if method == "compressed-tensors":
-        weights = qconfig["config_groups"]["group_0"]["weights"]
-        return "compressed-tensors", weights["num_bits"], weights.get("group_size")
-    raise ValueError(f"quant_method={method!r}: qtutor reads gptq, awq and compressed-tensors checkpoints")
+def _check_tensor(path: Path, key: str, info: TensorInfo | None, dtypes: tuple[torch.dtype, ...],
+                  shape: tuple[int, ...], why: str) -> None:
+    if info is None:
+        raise ValueError(f"{path}: tensor {key!r} is missing ({why})")
+    if info.dtype not in dtypes or info.shape != tuple(shape):
+        want = " or ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise ValueError(f"{path}: tensor {key!r} is {str(info.dtype).removeprefix('torch.')} {info.shape}, "
+                         f"expected {want} {tuple(shape)} ({why})")
+
+
+def _check_file(path: Path, header: dict[str, TensorInfo], model: nn.Module, layout: Layout, n_bits: int,
+                group_size: int | None, symmetric: bool) -> None:
+    """Every tensor of the file against the config (``layout``, bits, groups) and the model, before reading any."""
+    linears = decoder_linears(model)
+    n_layers = len(model.model.layers)
+    for key in header:
+        m = re.match(r"model\.layers\.(\d+)\.", key)
+        if m and int(m.group(1)) >= n_layers:
+            raise ValueError(f"{path}: tensor {key!r} belongs to layer {m.group(1)}, but the config has "
+                             f"num_hidden_layers={n_layers}")
+    claimed: set[str] = set()
+    for name, lin in linears.items():
+        why = (f"{layout.name}, {n_bits}-bit, group_size={group_size}, for a ({lin.out_features}, "
+               f"{lin.in_features}) layer as the config says")
+        spec = layout.expected(lin.out_features, lin.in_features, n_bits, group_size, symmetric)
+        if lin.bias is not None:
+            spec["bias"] = (_FLOATS, (lin.out_features,))
+        for part, (dtypes, shape) in spec.items():
+            _check_tensor(path, f"{name}.{part}", header.get(f"{name}.{part}"), dtypes, shape, why)
+        claimed |= {f"{name}.{part}" for part in spec}
+        extra = sorted(k for k in header if k.startswith(name + ".") and k not in claimed)
+        if extra:
+            raise ValueError(f"{path}: tensor {extra[0]!r} is not part of the {layout.name} layout of {name}")
+    params = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for key, info in header.items():
+        if key in claimed:
+            continue
+        if key not in params:
+            raise ValueError(f"{path}: tensor {key!r} has no place in a {model.config.model_type} model with this config")
+        _check_tensor(path, key, info, _FLOATS, params[key], "as the model built from config.json has it")
 
 
 def load_quantized(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A causal LM whose decoder linears are ``PackedLinear``s, from a folder written by ``save_quantized``."""
+    """A causal LM whose decoder linears are ``W4A16Linear``s, from a folder written by ``save_quantized``.
+
+    Raises ``ValueError`` naming the file and the tensor for anything that does not match:
+    a corrupt or truncated file, a wrong dtype or shape, missing, extra or surplus-layer tensors.
+    """
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = Path(folder)
-    for needed in ("config.json", "model.safetensors"):
+    for needed in sorted(CHECKPOINT_FILES):
         if not (folder / needed).is_file():
             raise FileNotFoundError(f"{folder / needed} is missing: not a quantized checkpoint folder")
-    raw = json.loads((folder / "config.json").read_text())
-    if "quantization_config" not in raw:
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{folder / 'config.json'} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict) or "quantization_config" not in raw:
         raise ValueError(f"{folder / 'config.json'} has no quantization_config")
-    fmt, n_bits, group_size = _read_format(raw.pop("quantization_config"))
-    config = AutoConfig.for_model(**raw)
+    try:
+        layout, n_bits, group_size, symmetric = layout_for(raw.pop("quantization_config"))
+    except ValueError as e:
+        raise ValueError(f"{folder / 'config.json'}: {e}") from None
+    path = folder / "model.safetensors"
+    header = read_header(path)
+    try:
+        config = AutoConfig.for_model(**raw)
+    except Exception as e:  # noqa: BLE001  (transformers raises many kinds for a bad config)
+        raise ValueError(f"{folder / 'config.json'} does not describe a model transformers can build: {e}") from e
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    _check_file(path, header, model, layout, n_bits, group_size, symmetric)
     linears = list(decoder_linears(model))
-    with safe_open(str(folder / "model.safetensors"), framework="pt", device="cpu") as f:
-        keys = set(f.keys())
+    rest: dict[str, torch.Tensor] = {}
+    try:
+        f = safe_open(str(path), framework="pt", device="cpu")
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{path}: safetensors cannot open it ({e})") from e
+
+    def get(key: str) -> torch.Tensor:
+        try:
+            return f.get_tensor(key)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{path}: tensor {key!r} cannot be read ({e})") from e
+
+    with f:
         for name in linears:
-            part = {k[len(name) + 1:]: f.get_tensor(k) for k in keys if k.startswith(name + ".")}
-            if not part:
-                raise KeyError(f"{folder}: no tensors for {name}")
-            if fmt in ("gptq", "gptq_v2"):
-                qw = unpack_gptq(part, n_bits, group_size, version=1 if fmt == "gptq" else 2)
-            elif fmt == "awq":
-                qw = unpack_awq(part, group_size)
-            else:
-                qw = unpack_compressed_tensors(part, n_bits, group_size)
+            part = {k[len(name) + 1:]: get(k) for k in header if k.startswith(name + ".")}
+            try:
+                module = W4A16Linear.from_tensors(layout.to_w4a16(part, n_bits, group_size), n_bits, group_size)
+            except ValueError as e:
+                raise ValueError(f"{path}: layer {name}: {e}") from e
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, PackedLinear(qw, part.get("bias"), scale_dtype=part.get(
-                "scales", part.get("weight_scale")).dtype))
-        packed = {k for k in keys for n in linears if k.startswith(n + ".")}
-        rest = {k: f.get_tensor(k) for k in keys - packed}
+            setattr(model.get_submodule(parent), child, module)
+        packed = {k for k in header for n in linears if k.startswith(n + ".")}
+        rest = {k: get(k) for k in header.keys() - packed}
     model.load_state_dict(rest, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.tie_weights()
@@ -144,5 +190,5 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu") -> nn
     model.model.rotary_emb = type(rotary)(config=config)
     meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if meta:
-        raise ValueError(f"{folder}: tensors missing from the checkpoint, e.g. {meta[0]}")
+        raise ValueError(f"{path}: tensors missing from the checkpoint, e.g. {meta[0]}")
     return model.to(device).eval()

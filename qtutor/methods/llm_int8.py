@@ -10,24 +10,23 @@ Scale" (NeurIPS 2022), §3.  For ``X`` (tokens, K) in fp16 and ``W`` (N, K):
 
 This follows bitsandbytes' own implementation step by step
 (``int8_vectorwise_quant``, ``int8_mm_dequant``, ``int8_mixed_scaled_mm`` in
-bitsandbytes 0.50), so that :class:`Int8LinearLt` returns what
+bitsandbytes 0.50), so that :class:`qtutor.nn.Int8LinearLt` returns what
 ``bitsandbytes.nn.Linear8bitLt(has_fp16_weights=False, threshold=6.0)`` returns.
 """
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..kernels.w8a8 import int8_matmul
 from ..primitives.intmm import int8_mm
 
-__all__ = ["vectorwise_quant", "outlier_columns", "llm_int8_matmul", "Int8LinearLt"]
+__all__ = ["vectorwise_quant", "outlier_columns", "llm_int8_matmul", "llm_int8_linear", "check_threshold"]
 
 _INV_127 = 7.874015718698502e-3  # bitsandbytes' constants, kept to match it bit for bit
 _INV_127_SQ = 6.200124e-05
 
 
-def _check_threshold(threshold: float) -> None:
+def check_threshold(threshold: float) -> None:
     if not (isinstance(threshold, (int, float)) and threshold >= 0):  # NaN fails ">= 0" too
         raise ValueError(f"threshold={threshold!r}: must be a number ≥ 0 (0 turns the outlier path off)")
 
@@ -45,7 +44,7 @@ def vectorwise_quant(x: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Ten
     """
     if x.dtype != torch.float16:
         raise ValueError(f"x has dtype {x.dtype}: LLM.int8() quantizes float16 inputs")
-    _check_threshold(threshold)
+    check_threshold(threshold)
     cols = torch.empty(0, dtype=torch.long, device=x.device)
     a = x
     if threshold > 0.0:
@@ -71,7 +70,7 @@ def llm_int8_matmul(
     """
     if CB.dtype != torch.int8 or CB.ndim != 2 or CB.shape[1] != x.shape[-1]:
         raise ValueError(f"CB must be int8 (N, {x.shape[-1]}), got {CB.dtype} {tuple(CB.shape)}")
-    _check_threshold(threshold)  # the CPU path validates as the kernel path does
+    check_threshold(threshold)  # the CPU path validates as the kernel path does
     if use_triton is None and x.is_cuda:
         from ..kernels.llm_int8 import llm_int8_matmul as fused
 
@@ -88,22 +87,9 @@ def llm_int8_matmul(
     return out
 
 
-class Int8LinearLt(nn.Module):
-    """Inference-only LLM.int8() linear layer (weights int8 per output row)."""
-
-    def __init__(self, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0, bias=None, use_triton=None):
-        super().__init__()
-        _check_threshold(threshold)
-        self.register_buffer("CB", CB)
-        self.register_buffer("SCB", SCB)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().half(), requires_grad=False)
-        self.threshold, self.use_triton = threshold, use_triton
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, threshold: float = 6.0, use_triton: bool | None = None) -> "Int8LinearLt":
-        CB, SCB, _ = vectorwise_quant(linear.weight.detach().half())
-        return cls(CB, SCB, threshold, linear.bias, use_triton)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = llm_int8_matmul(x.reshape(-1, x.shape[-1]).half(), self.CB, self.SCB, self.threshold, self.use_triton)
-        return (y if self.bias is None else y + self.bias).reshape(*x.shape[:-1], -1).to(x.dtype)
+def llm_int8_linear(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0,
+                    bias: torch.Tensor | None = None, use_triton: bool | None = None) -> torch.Tensor:
+    """``x`` (..., K) of any float dtype through :func:`llm_int8_matmul` in fp16, plus ``bias``;
+    (..., N) in ``x.dtype`` (what ``bitsandbytes.nn.Linear8bitLt`` computes)."""
+    y = llm_int8_matmul(x.reshape(-1, x.shape[-1]).half(), CB, SCB, threshold, use_triton)  # (tokens, N) fp16
+    return (y if bias is None else y + bias).reshape(*x.shape[:-1], -1).to(x.dtype)

@@ -29,8 +29,6 @@ import functools
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
 from ..primitives import check_float_tensor
 
 __all__ = [
@@ -43,7 +41,7 @@ __all__ = [
     "quantize_4bit",
     "dequantize_4bit",
     "nf4_bits_per_weight",
-    "NF4Linear",
+    "nf4_linear",
 ]
 
 NF4_OFFSET = 0.9677083  # bitsandbytes' default outermost quantile
@@ -220,52 +218,32 @@ def nf4_bits_per_weight(numel: int, config: NF4Config = NF4Config()) -> float:
     return 4 + (8 * n_blocks + 32 * n_blocks2 + 32) / numel
 
 
-class NF4Linear(nn.Module):
-    """Inference-only linear layer with an NF4/FP4 weight (bitsandbytes' layout, as ``Linear4bit``).
+def nf4_linear(x: torch.Tensor, state: NF4State, bias: torch.Tensor | None = None, kernel: bool = False,
+               levels: torch.Tensor | None = None, absmax_code: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` (..., in) through the 4-bit weight of ``state`` (out, in) -> (..., out) in ``x.dtype``.
 
-    On a GPU (or with ``use_kernel=True``, e.g. in Triton's interpreter) the forward
-    runs :func:`qtutor.kernels.nf4.nf4_matmul` on the packed codes; otherwise it
-    dequantizes and multiplies in PyTorch.
+    ``kernel=True`` runs :func:`qtutor.kernels.nf4.nf4_matmul` on the packed codes (fp16/bf16 ``x``;
+    ``levels`` and ``absmax_code`` on ``x``'s device save rebuilding them); otherwise the weight is
+    dequantized (on the CPU, as bitsandbytes' reference) and multiplied in PyTorch.
     """
+    out_features, in_features = state.shape
+    x2 = x.reshape(-1, in_features)  # (tokens, in)
+    if kernel:
+        from ..kernels.nf4 import nf4_matmul
 
-    def __init__(self, state: NF4State, bias: torch.Tensor | None = None, use_kernel: bool | None = None):
-        super().__init__()
-        if len(state.shape) != 2:
-            raise ValueError(f"NF4Linear needs a 2-D (out, in) weight, got shape {tuple(state.shape)}")
-        self.out_features, self.in_features = state.shape
-        self.config, self.dtype, self.use_kernel = state.config, state.dtype, use_kernel
-        self.register_buffer("packed", state.packed)
-        self.register_buffer("absmax", state.absmax)
-        self.register_buffer("offset", state.offset if state.offset is not None else torch.zeros(()))
-        self.register_buffer("absmax2", state.absmax2 if state.absmax2 is not None else torch.zeros(0))
-        self.register_buffer("levels", _levels(state.config.quant_type))
-        self.register_buffer("absmax_code", dynamic_map())
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, config: NF4Config = NF4Config(), use_kernel: bool | None = None):
-        return cls(quantize_4bit(linear.weight.detach(), config), linear.bias, use_kernel)
-
-    def state(self) -> NF4State:
-        """The quantized weight as an :class:`NF4State` on the CPU (where :func:`dequantize_4bit` runs)."""
-        dq = self.config.double_quant
-        return NF4State(self.packed.cpu(), torch.Size((self.out_features, self.in_features)), self.dtype,
-                        self.config, self.absmax.cpu(), self.offset.cpu() if dq else None,
-                        self.absmax2.cpu() if dq else None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features)
-        kernel = self.use_kernel if self.use_kernel is not None else x.is_cuda
-        if kernel and x.dtype in (torch.float16, torch.bfloat16):
-            from ..kernels.nf4 import nf4_matmul
-
-            dq = dict(absmax_code=self.absmax_code, absmax2=self.absmax2, offset=self.offset,
-                      dq_blocksize=self.config.dq_blocksize) if self.config.double_quant else {}
-            y = nf4_matmul(x2.contiguous(), self.packed, self.absmax, self.levels, self.out_features,
-                           self.config.blocksize, **dq)
-        else:
-            w = dequantize_4bit(self.state()).to(x.device)
-            y = (x2.to(w.dtype) @ w.T).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        levels = _levels(state.config.quant_type).to(x.device) if levels is None else levels
+        dq = {}
+        if state.config.double_quant:
+            code = dynamic_map().to(x.device) if absmax_code is None else absmax_code
+            dq = dict(absmax_code=code, absmax2=state.absmax2, offset=state.offset,
+                      dq_blocksize=state.config.dq_blocksize)
+        y = nf4_matmul(x2.contiguous(), state.packed, state.absmax, levels, out_features, state.config.blocksize, **dq)
+    else:
+        cpu = NF4State(state.packed.cpu(), state.shape, state.dtype, state.config, state.absmax.cpu(),
+                       None if state.offset is None else state.offset.cpu(),
+                       None if state.absmax2 is None else state.absmax2.cpu())
+        w = dequantize_4bit(cpu).to(x.device)  # (out, in)
+        y = (x2.to(w.dtype) @ w.T).to(x.dtype)  # (tokens, out)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y.reshape(*x.shape[:-1], out_features)

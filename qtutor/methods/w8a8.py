@@ -1,7 +1,7 @@
 """W8A8: int8 weights (per output channel) and int8 activations (static per tensor or dynamic per token).
 
 Two phases, as everywhere in qtutor: :func:`quantize_weight_int8` produces the
-quantized state, :class:`W8A8Linear` runs it.  On a GPU the matmul runs in the
+quantized state, :class:`qtutor.nn.W8A8Linear` runs it.  On a GPU the matmul runs in the
 Triton kernel of :mod:`qtutor.kernels.w8a8`; on a CPU it uses the same integer
 arithmetic through :func:`qtutor.primitives.int8_mm` (exact; ``torch._int_mm`` or a float
 matmul, whichever is faster on this CPU).
@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ..primitives.intmm import int8_mm
 from ..kernels.w8a8 import int8_matmul, quantize_per_token_ref, w8a8_dynamic
@@ -29,8 +28,6 @@ __all__ = [
     "quantize_weight_int8",
     "int8_matmul_asym_ref",
     "w8a8_linear",
-    "W8A8Linear",
-    "w8a8_factory",
 ]
 
 
@@ -59,10 +56,21 @@ def int8_matmul_asym_ref(
     return (acc - cross).float() * s_x.float()[:, None] * s_w.float()[None, :]
 
 
-def w8a8_linear(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, act: ActQuant) -> torch.Tensor:
-    """``x`` (..., K) float through the int8 weight; output (..., N) in ``x.dtype``."""
+def w8a8_linear(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, act: ActQuant,
+                kernel: bool | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` (..., K) float through the int8 weight ``q_w`` (N, K), plus ``bias``; output (..., N) in ``x.dtype``.
+
+    ``kernel``: run the Triton kernels of :mod:`qtutor.kernels.w8a8` (None: when ``x`` is on a GPU);
+    otherwise the same integer arithmetic in PyTorch (:func:`qtutor.primitives.int8_mm`).
+    """
+    kernel = x.is_cuda if kernel is None else kernel
+    y = _w8a8_matmul(x, q_w, s_w, act, kernel)
+    return y if bias is None else y + bias
+
+
+def _w8a8_matmul(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, act: ActQuant, kernel: bool) -> torch.Tensor:
     x2 = x.reshape(-1, x.shape[-1])  # (tokens, K)
-    if x.is_cuda and act.static_scale is None:
+    if kernel and act.static_scale is None:
         return w8a8_dynamic(x2.contiguous(), q_w, s_w).reshape(*x.shape[:-1], -1)
     if act.static_scale is None:
         q_x, s_x = quantize_per_token_ref(x2)
@@ -70,44 +78,8 @@ def w8a8_linear(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, act: ActQ
         s = torch.full((x2.shape[0],), act.static_scale, dtype=torch.float32, device=x.device)
         q_x = torch.round(x2.float() / act.static_scale).clamp(-127, 127).to(torch.int8)
         s_x = s
-    if x.is_cuda:
+    if kernel:
         y = int8_matmul(q_x, q_w, s_x, s_w, out_dtype=torch.float32)
     else:
         y = int8_mm(q_x, q_w.T).float() * s_x[:, None] * s_w[None, :]
     return y.to(x.dtype).reshape(*x.shape[:-1], -1)
-
-
-class W8A8Linear(nn.Module):
-    """A linear layer holding int8 weights; activations quantized as ``act`` says."""
-
-    def __init__(self, q_weight: torch.Tensor, w_scale: torch.Tensor, act: ActQuant, bias: torch.Tensor | None = None):
-        super().__init__()
-        self.register_buffer("q_weight", q_weight)
-        self.register_buffer("w_scale", w_scale)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.act = act
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, act: ActQuant = ActQuant()) -> "W8A8Linear":
-        q, s = quantize_weight_int8(linear.weight.detach())
-        return cls(q, s, act, linear.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return w8a8_linear(x, self.q_weight, self.w_scale, self.act) + (0 if self.bias is None else self.bias)
-
-
-def w8a8_factory(static_scales: dict[str, float] | None = None):
-    """``make_module(name, linear)`` for :func:`qtutor.model.replaced_linears`.
-
-    ``static_scales`` maps layer names to calibrated activation scales (static
-    per-tensor); ``None`` gives dynamic per-token scales.
-    """
-
-    def make_module(name: str, linear: nn.Linear) -> W8A8Linear:
-        if static_scales is None:
-            return W8A8Linear.from_linear(linear)
-        if name not in static_scales:
-            raise ValueError(f"no calibrated activation scale for {name}")
-        return W8A8Linear.from_linear(linear, ActQuant(static_scale=float(static_scales[name])))
-
-    return make_module

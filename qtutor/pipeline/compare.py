@@ -2,6 +2,8 @@
 
 The notebooks' comparison tables and ``benchmarks/quality_table.py`` are built
 from ``weight_only_row``, so the live and the recorded numbers come from one code path.
+The method is the config's type (``RTNConfig``, ``GPTQConfig(act_order=True)``,
+``AWQConfig``); its row label (``method_label``) is the name the tables show.
 """
 from __future__ import annotations
 
@@ -12,16 +14,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import AWQConfig, GPTQConfig, RTNConfig
 from ..eval import EvalConfig, ReferenceLogits, logit_agreement, perplexity
-from ..methods.gptq import GPTQConfig
-from ..primitives.grid import rtn_grid_quantize
 from ..model.walk import decoder_linears
-from .awq import AWQConfig, awq_quantize_model
+from ..primitives.grid import rtn_grid_quantize
+from .awq import awq_quantize_model
 from .gptq import gptq_quantize_model
 
-__all__ = ["WeightFormat", "METHODS", "quantize_copy", "model_size_mb", "weight_only_row"]
+__all__ = ["WeightFormat", "WeightOnlyConfig", "method_label", "method_configs", "quantize_copy", "model_size_mb",
+           "weight_only_row"]
 
-METHODS = ("RTN", "GPTQ", "GPTQ act-order", "AWQ")
+WeightOnlyConfig = RTNConfig | GPTQConfig | AWQConfig
 
 
 @dataclass(frozen=True)
@@ -41,26 +44,43 @@ class WeightFormat:
         return self.n_bits + groups * (16 + self.n_bits) / in_features
 
 
-def quantize_copy(model: nn.Module, method: str, fmt: WeightFormat, calib: torch.Tensor,
+def _check_config(config: object) -> None:
+    if not isinstance(config, (RTNConfig, GPTQConfig, AWQConfig)):
+        raise ValueError(f"config={config!r}: a weight-only comparison takes RTNConfig, GPTQConfig or AWQConfig")
+
+
+def method_label(config: WeightOnlyConfig) -> str:
+    """The name a table shows: ``"RTN"``, ``"GPTQ"``, ``"GPTQ act-order"`` or ``"AWQ"``."""
+    _check_config(config)
+    if isinstance(config, GPTQConfig):
+        return "GPTQ act-order" if config.act_order else "GPTQ"
+    return "RTN" if isinstance(config, RTNConfig) else "AWQ"
+
+
+def method_configs(fmt: WeightFormat) -> list[WeightOnlyConfig]:
+    """The four methods the course compares, in ``fmt``: RTN, GPTQ, GPTQ with act-order, AWQ."""
+    n, g = fmt.n_bits, fmt.group_size
+    return [RTNConfig(n, g), GPTQConfig(n, g), GPTQConfig(n, g, act_order=True), AWQConfig(n, g)]
+
+
+def quantize_copy(model: nn.Module, config: WeightOnlyConfig, calib: torch.Tensor,
                   batch_size: int = 4, progress: bool = False) -> tuple[nn.Module, float]:
     """A quantized (dequantized-in-place) deep copy of ``model`` and the wall time of quantizing it (s).
 
     ``progress`` shows a per-block bar for GPTQ and AWQ (:func:`qtutor.progress.progress`).
     """
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: choose one of {METHODS}")
+    _check_config(config)
     model = copy.deepcopy(model)
     start = time.perf_counter()
-    if method == "RTN":
+    if isinstance(config, RTNConfig):
         with torch.no_grad():
             for lin in decoder_linears(model).values():
-                lin.weight.copy_(rtn_grid_quantize(lin.weight, fmt.n_bits, fmt.group_size).dequantize())
-    elif method.startswith("GPTQ"):
-        cfg = GPTQConfig(n_bits=fmt.n_bits, group_size=fmt.group_size, act_order=method.endswith("act-order"))
-        gptq_quantize_model(model, calib, cfg, batch_size=batch_size, progress=progress)
+                qw = rtn_grid_quantize(lin.weight, config.n_bits, config.group_size, config.symmetric)
+                lin.weight.copy_(qw.dequantize())
+    elif isinstance(config, GPTQConfig):
+        gptq_quantize_model(model, calib, config, batch_size=batch_size, progress=progress)
     else:
-        awq_quantize_model(model, calib, AWQConfig(n_bits=fmt.n_bits, group_size=fmt.group_size),
-                           batch_size=batch_size, progress=progress)
+        awq_quantize_model(model, calib, config, batch_size=batch_size, progress=progress)
     return model, time.perf_counter() - start
 
 
@@ -73,11 +93,12 @@ def model_size_mb(model: nn.Module, fmt: WeightFormat | None) -> float:
     return (quantized + 16 * other) / 8 / 1e6
 
 
-def weight_only_row(model: nn.Module, tokenizer, method: str, fmt: WeightFormat, calib: torch.Tensor,
+def weight_only_row(model: nn.Module, tokenizer, config: WeightOnlyConfig, calib: torch.Tensor,
                     reference: ReferenceLogits, eval_config: EvalConfig, batch_size: int = 4,
                     progress: bool = False) -> dict:
     """One row of the comparison: perplexity, KL and top-1 vs float, size, bits per weight, quantization time."""
-    quantized, seconds = quantize_copy(model, method, fmt, calib, batch_size, progress)
+    quantized, seconds = quantize_copy(model, config, calib, batch_size, progress)
+    fmt, method = WeightFormat(config.n_bits, config.group_size), method_label(config)
     agreement = logit_agreement(quantized, reference)
     n = sum(m.weight.numel() for m in decoder_linears(model).values())
     bpw = sum(fmt.bits_per_weight(m.in_features) * m.weight.numel() for m in decoder_linears(model).values()) / n

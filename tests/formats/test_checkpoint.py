@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from qtutor.formats.checkpoint import load_quantized, save_quantized
-from qtutor.formats.linear import PackedLinear
+from qtutor.nn import W4A16Linear
 from qtutor.primitives import rtn_grid_quantize
 from qtutor.model import decoder_linears
 
@@ -48,7 +48,7 @@ def test_qtutor_loads_its_checkpoints(quantized, tmp_path, fmt):
     model, _, asym = quantized
     save_quantized(model, asym, tmp_path, fmt)
     loaded = load_quantized(tmp_path)
-    assert isinstance(loaded.model.layers[5].mlp.down_proj, PackedLinear)
+    assert isinstance(loaded.model.layers[5].mlp.down_proj, W4A16Linear)
     # GPTQ and AWQ store fp16 scales; compressed-tensors keeps them in float32
     want = _fake(model, asym, torch.float32 if fmt == "compressed-tensors" else torch.float16)
     with torch.no_grad():

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from qtutor.data import calibration_samples
-from qtutor.methods.llm_int8 import Int8LinearLt, outlier_columns, vectorwise_quant
+from qtutor.methods.llm_int8 import outlier_columns, vectorwise_quant
+from qtutor.nn import Int8LinearLt
 
 LAYERS = ["model.layers.5.mlp.down_proj", "model.layers.2.self_attn.q_proj", "model.layers.29.mlp.up_proj"]
 

@@ -86,7 +86,7 @@ def test_nf4_linear_matches_bitsandbytes_linear4bit(smollm2, double_quant):
     multiply); its Triton path (the GPU path, here in the interpreter) agrees within fp16 rounding."""
     import bitsandbytes as bnb
 
-    from qtutor.methods.nf4 import NF4Linear
+    from qtutor.nn import NF4Linear
 
     model, _ = smollm2
     lin = model.get_submodule("model.layers.4.mlp.up_proj")

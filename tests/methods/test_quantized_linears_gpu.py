@@ -4,8 +4,8 @@ import copy
 import pytest
 import torch
 
-from qtutor.methods.llm_int8 import Int8LinearLt
-from qtutor.methods.nf4 import NF4Linear, dequantize_4bit, quantize_4bit
+from qtutor.methods.nf4 import dequantize_4bit, quantize_4bit
+from qtutor.nn import Int8LinearLt, NF4Linear
 from qtutor.model import decoder_linears
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

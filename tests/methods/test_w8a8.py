@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from qtutor.kernels.w8a8 import int8_matmul_ref, quantize_per_token_ref
-from qtutor.methods.w8a8 import ActQuant, W8A8Linear, int8_matmul_asym_ref
+from qtutor.methods.w8a8 import ActQuant, int8_matmul_asym_ref
+from qtutor.nn import W8A8Linear
 
 
 def test_linear_matches_fake_quant_math():

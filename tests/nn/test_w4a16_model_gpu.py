@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from qtutor.formats.linear import PackedLinear
+from qtutor.nn import W4A16Linear
 from qtutor.primitives import rtn_grid_quantize
 from qtutor.model import decoder_linears
 
@@ -18,8 +18,8 @@ def test_model_on_w4a16_kernel_matches_dequantized_reference(smollm2):
     for name, lin in decoder_linears(model).items():
         qw = rtn_grid_quantize(lin.weight.detach(), 4, 64)
         parent, _, child = name.rpartition(".")
-        setattr(packed.get_submodule(parent), child, PackedLinear(qw).cuda())
-        reference.get_submodule(name).weight.data = PackedLinear(qw).dequantized_weight(torch.float16).cuda()
+        setattr(packed.get_submodule(parent), child, W4A16Linear.from_quantized(qw).cuda())
+        reference.get_submodule(name).weight.data = W4A16Linear.from_quantized(qw).dequantized_weight(torch.float16).cuda()
     ids = tok("The capital of France is", return_tensors="pt").input_ids.cuda()
     with torch.no_grad():
         got, want = packed(ids).logits.float(), reference(ids).logits.float()
