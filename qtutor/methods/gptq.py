@@ -31,9 +31,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..primitives.grid import QuantizedWeight
+from ..primitives.grid import QuantizedWeight, check_n_bits_group_size
 
-__all__ = ["GPTQConfig", "GPTQ", "gptq_grid_params", "gptq_fake_quant", "one_cpu_thread"]
+__all__ = ["GPTQConfig", "GPTQ", "gptq_grid_params", "gptq_fake_quant", "one_cpu_thread", "check_weight",
+           "check_activations"]
 
 
 @contextlib.contextmanager
@@ -66,10 +67,7 @@ class GPTQConfig:
     percdamp: float = 0.01
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_bits, int) or not 2 <= self.n_bits <= 8:
-            raise ValueError(f"n_bits={self.n_bits!r}: must be an integer from 2 to 8")
-        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
-            raise ValueError(f"group_size={self.group_size!r}: must be a positive integer or None")
+        check_n_bits_group_size(self.n_bits, self.group_size)
         if not 0.0 < self.percdamp < 1.0:
             raise ValueError(f"percdamp={self.percdamp}: must be in (0, 1)")
         if self.blocksize < 1:
@@ -97,22 +95,60 @@ def gptq_fake_quant(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, n_
     return scale * (q - zero)
 
 
+_F32_MAX = torch.finfo(torch.float32).max
+
+
+def check_weight(weight: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` naming the layer unless ``weight`` is a finite float tensor that fits float32."""
+    if not weight.is_floating_point():
+        raise ValueError(f"{name}: the weight has dtype {weight.dtype}; GPTQ quantizes floating-point weights")
+    w = weight.detach()
+    if not bool(torch.isfinite(w).all()):
+        bad = (~torch.isfinite(w)).nonzero()[0].tolist()
+        raise ValueError(f"{name}: the weights contain NaN or Inf (first at {bad}); fix the weights, not the "
+                         "calibration data")
+    if w.numel() and float(w.abs().max()) > _F32_MAX:
+        raise ValueError(f"{name}: the weights reach {float(w.abs().max()):.3g}, beyond float32, in which GPTQ runs")
+    # the grid spans [min(w, 0), max(w, 0)] of a row or group: its width must stay finite in float32
+    wf = w.float()
+    if w.numel() and bool(torch.isinf(wf.clamp(min=0).amax(1) - wf.clamp(max=0).amin(1)).any()):
+        raise ValueError(f"{name}: the range max − min of a row of the weights overflows float32; the grid's scale "
+                         "would be Inf; rescale the weights")
+
+
+def check_activations(x: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` naming the layer unless the calibration activations ``x`` are a non-empty float tensor."""
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: calibration activations have dtype {x.dtype}; expected a float tensor")
+    if x.numel() == 0:
+        raise ValueError(f"{name}: an empty batch of calibration activations (shape {tuple(x.shape)}); "
+                         "the calibration set has no tokens")
+
+
 class GPTQ:
     """Accumulates the Hessian of one linear layer and quantizes its weight."""
 
     def __init__(self, weight: torch.Tensor, name: str = "layer") -> None:
         if weight.ndim != 2:
             raise ValueError(f"{name}: weight must be 2-D (out_features, in_features), got {tuple(weight.shape)}")
+        check_weight(weight, name)
         self.name = name
         self.weight = weight
         self.columns = weight.shape[1]
         self.H = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=weight.device)
         self.nsamples = 0
+        self.nonfinite_input: list[int] | None = None  # where the first NaN/Inf activation was seen
 
     def add_batch(self, x: torch.Tensor) -> None:
         """Add layer inputs ``x`` (..., in_features) to the running mean ``H = 2 X Xᵀ / n``."""
         if x.shape[-1] != self.columns:
             raise ValueError(f"{self.name}: input has {x.shape[-1]} features, the weight expects {self.columns}")
+        check_activations(x, self.name)
+        if self.nonfinite_input is None and not bool(torch.isfinite(x).all()):
+            # kept out of H and reported by quantize(), which no result can come from
+            self.nonfinite_input = (~torch.isfinite(x)).nonzero()[0].tolist()
+        if self.nonfinite_input is not None:
+            return
         x = x.reshape(-1, self.columns).float()  # (tokens, in)
         n = x.shape[0]
         self.H *= self.nsamples / (self.nsamples + n)
@@ -144,8 +180,16 @@ class GPTQ:
 
         ``.dequantize()`` of the result is the reference's ``Q`` bit for bit.
         """
+        if self.nonfinite_input is not None:
+            raise ValueError(f"{self.name}: the Hessian is not positive definite (not even finite): the calibration "
+                             f"activations (the layer's inputs) contain NaN or Inf (first at {self.nonfinite_input} of "
+                             "a batch); the weights of this layer are not the cause")
         if self.nsamples == 0:
             raise ValueError(f"{self.name}: no calibration data was added (call add_batch first)")
+        check_weight(self.weight, self.name)  # it may have changed since __init__
+        if not bool(torch.isfinite(self.H).all()):
+            raise ValueError(f"{self.name}: the Hessian is not positive definite (not finite): 2·XXᵀ/n of the "
+                             "calibration activations overflows float32 (activations too large); the weights are fine")
         W = self.weight.detach().clone().float()
         rows, columns = W.shape
         gs = config.group_size or columns
@@ -194,6 +238,10 @@ class GPTQ:
                 Err1[:, i] = err
             Q[:, i1:i2] = Q1
             W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        if not (bool(torch.isfinite(Q).all()) and bool(torch.isfinite(scales).all())
+                and bool(torch.isfinite(zeros).all())):
+            raise ValueError(f"{self.name}: GPTQ's updated weights or its grid overflow float32 (the weight's range "
+                             "and the error compensation are too large); nothing was written")
         position = torch.arange(columns, device=W.device)
         g_idx = position // gs if config.static_groups else (position // gs)[invperm]
         return QuantizedWeight(Q[:, invperm].to(torch.uint8), scales, zeros.to(torch.uint8),

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..methods.awq import apply_clip, fold_scales_into_norm, search_clip, search_scales
-from ..primitives.grid import QuantizedWeight, rtn_grid_quantize
+from ..methods.awq import apply_clip, check_activations, fold_scales_into_norm, search_clip, search_scales
+from ..primitives.grid import QuantizedWeight, check_n_bits_group_size, rtn_grid_quantize
 from .sequential import (
-    LLAMA_SEQUENTIAL_GROUPS, BlockInputs, BlockSource, InMemoryBlocks, block_progress, capture_block_inputs,
-    collect_linear_inputs, run_block,
+    LLAMA_SEQUENTIAL_GROUPS, BlockInputs, BlockSource, BlockTransaction, InMemoryBlocks, block_progress,
+    capture_block_inputs, check_hidden, collect_linear_inputs, run_block,
 )
 
 __all__ = ["AWQConfig", "awq_quantize_model", "awq_search_and_fold", "fold_scales_into_linear"]
@@ -39,11 +39,8 @@ class AWQConfig:
     clip: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_bits, int) or not 2 <= self.n_bits <= 8:
-            raise ValueError(f"n_bits={self.n_bits!r}: must be an integer from 2 to 8")
-        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
-            raise ValueError(f"group_size={self.group_size!r}: must be a positive integer or None")
-        if self.n_grid < 1:
+        check_n_bits_group_size(self.n_bits, self.group_size)
+        if not isinstance(self.n_grid, int) or self.n_grid < 1:
             raise ValueError(f"n_grid={self.n_grid}: must be at least 1")
 
 
@@ -66,15 +63,23 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> Cal
 
 
 @torch.no_grad()
-def awq_search_and_fold(block: nn.Module, inputs: BlockInputs, config: AWQConfig) -> dict[str, float]:
-    """Search, fold and clip one block in place; returns the chosen α per scaled group."""
+def awq_search_and_fold(block: nn.Module, inputs: BlockInputs, config: AWQConfig,
+                        prefix: str = "block") -> dict[str, float]:
+    """Search, fold and clip one block in place; returns the chosen α per scaled group.
+
+    Every layer's input activations are checked (finite, non-empty) before anything
+    changes, and the searches change nothing: the block is only written once all of
+    them have succeeded. ``prefix`` names the block in errors (``model.layers.5``).
+    """
     names = sum(LLAMA_SEQUENTIAL_GROUPS, ())
     feats: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     collect_linear_inputs(block, inputs, names, lambda n, x: feats[n].append(x))
     x = {n: torch.cat(v) for n, v in feats.items()}  # (n_samples, seq_len, in_features)
     del feats
+    for n in names:
+        check_activations(x[n], f"{prefix}.{n}")
     attn, mlp = block.self_attn, block.mlp
-    gs = config.group_size or 0
+    gs = config.group_size  # None: one group per row
     search = dict(n_bits=config.n_bits, group_size=gs, n_grid=config.n_grid)
     attn_fn = _batched(lambda h: attn(hidden_states=h, **inputs.kwargs), inputs.batch_size)
     plan = [  # (prev op, layers, their input, module judged)
@@ -123,21 +128,25 @@ def awq_quantize_model(
     norms and linears are left scaled, so the saved weights and the in-place
     dequantized weights describe the same model.
     """
+    if not isinstance(config, AWQConfig):
+        raise ValueError(f"config must be an AWQConfig, got {type(config).__name__}")
     device = torch.device(device) if device is not None else model.model.embed_tokens.weight.device
     source = blocks if blocks is not None else InMemoryBlocks(model, device)
-    inputs = capture_block_inputs(model, input_ids, device, model.model.embed_tokens.weight.dtype, batch_size)
     results: dict[str, QuantizedWeight] = {}
     alphas: dict[str, float] = {}
-    for i in block_progress(len(source), "AWQ", progress):
-        block = source.load(i)
-        next_hidden = run_block(block, inputs)
-        for n, a in awq_search_and_fold(block, inputs, config).items():
-            alphas[f"model.layers.{i}.{n}"] = a
-        for n in sum(LLAMA_SEQUENTIAL_GROUPS, ()):
-            weight = block.get_submodule(n).weight
-            qw = rtn_grid_quantize(weight, config.n_bits, config.group_size)
-            weight.copy_(qw.dequantize(weight.dtype))
-            results[f"model.layers.{i}.{n}"] = qw.to("cpu")
-        inputs.hidden = next_hidden
-        source.release(i, block)
+    with BlockTransaction(source) as tx:  # checks every block's weights first; restores them all on error
+        inputs = capture_block_inputs(model, input_ids, device, model.model.embed_tokens.weight.dtype, batch_size)
+        for i in block_progress(len(source), "AWQ", progress):
+            block = tx.load(i)
+            next_hidden = run_block(block, inputs)
+            check_hidden(next_hidden, f"the outputs of model.layers.{i} (the inputs of the next block)")
+            for n, a in awq_search_and_fold(block, inputs, config, f"model.layers.{i}").items():
+                alphas[f"model.layers.{i}.{n}"] = a
+            for n in sum(LLAMA_SEQUENTIAL_GROUPS, ()):
+                weight = block.get_submodule(n).weight
+                qw = rtn_grid_quantize(weight, config.n_bits, config.group_size)
+                weight.copy_(qw.dequantize(weight.dtype))
+                results[f"model.layers.{i}.{n}"] = qw.to("cpu")
+            inputs.hidden = next_hidden
+            tx.release(i, block)
     return results, alphas

@@ -14,6 +14,12 @@ device at a time. With a ``BlockSource`` that reads each block's weights from a
 safetensors file (``SafetensorsBlocks``) the blocks of the model can stay on the
 ``meta`` device — no memory at all — until their turn, so a model larger than
 memory is quantized one block at a time.
+
+Quantizing is transactional (:class:`BlockTransaction`): the calibration ids and
+every block's weights are checked before any block is touched; an error found
+half-way (the activations of block 5 overflow) puts every block already changed
+back as it was, and the error names the input to blame — the weights or the
+activations, and which layer.
 """
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ from ..model.walk import decoder_blocks
 
 __all__ = [
     "LLAMA_SEQUENTIAL_GROUPS", "BlockInputs", "capture_block_inputs", "run_block", "collect_linear_inputs",
-    "BlockSource", "InMemoryBlocks", "SafetensorsBlocks", "block_progress",
+    "BlockSource", "InMemoryBlocks", "SafetensorsBlocks", "block_progress", "check_calibration_ids",
+    "check_block_weights", "check_hidden", "BlockTransaction",
 ]
 
 # The reference's true-sequential order: a group's inputs are collected after the
@@ -66,14 +73,49 @@ def _to(obj, device: torch.device):
     return obj
 
 
+def check_calibration_ids(model: nn.Module, input_ids: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``input_ids`` is a non-empty int64 (n_samples, seq_len) of valid token ids."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise ValueError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
+    if input_ids.ndim != 2 or input_ids.dtype != torch.long:
+        raise ValueError(f"input_ids must be int64 (n_samples, seq_len), got {input_ids.dtype} {tuple(input_ids.shape)}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}: the calibration set is empty "
+                         "(need at least one sample of at least one token)")
+    vocab = model.model.embed_tokens.num_embeddings
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= vocab:
+        raise ValueError(f"input_ids holds token ids from {lo} to {hi}; the model's vocabulary is 0…{vocab - 1}")
+
+
+def check_block_weights(block: nn.Module, prefix: str) -> None:
+    """Raise ``ValueError`` naming the tensor unless every floating parameter of ``block`` is finite."""
+    for name, p in block.named_parameters():
+        if p.is_meta or not p.is_floating_point():
+            continue
+        if not bool(torch.isfinite(p).all()):
+            bad = (~torch.isfinite(p.detach())).nonzero()[0].tolist()
+            raise ValueError(f"{prefix}.{name}: the weights contain NaN or Inf (first at {bad}); "
+                             "the calibration data is not the cause; nothing was changed")
+
+
+def check_hidden(hidden: torch.Tensor, where: str) -> None:
+    """Raise ``ValueError`` if the hidden states ``hidden`` (activations) hold NaN or Inf."""
+    if not bool(torch.isfinite(hidden).all()):
+        bad = (~torch.isfinite(hidden)).nonzero()[0].tolist()
+        raise ValueError(f"{where} contain NaN or Inf (first at {bad}): the activations overflow although the "
+                         "weights are finite (checked first); the model was put back as it was")
+
+
 @torch.no_grad()
 def capture_block_inputs(
     model: nn.Module, input_ids: torch.Tensor, device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None, batch_size: int = 8,
 ) -> BlockInputs:
     """Run the embeddings on ``input_ids`` (n_samples, seq_len) and keep what block 0 receives."""
-    if input_ids.ndim != 2 or input_ids.dtype != torch.long:
-        raise ValueError(f"input_ids must be int64 (n_samples, seq_len), got {input_ids.dtype} {tuple(input_ids.shape)}")
+    check_calibration_ids(model, input_ids)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be a positive integer")
     device = torch.device(device)
     inner = model.model
     block0 = decoder_blocks(model)[0]
@@ -105,6 +147,7 @@ def capture_block_inputs(
         kwargs = {k: tuple(t.to(dtype) for t in v) if k == "position_embeddings" else v for k, v in kwargs.items()}
     kwargs.pop("past_key_values", None)
     kwargs["use_cache"] = False
+    check_hidden(hidden, "the embeddings of the calibration ids (the inputs of block 0)")
     return BlockInputs(hidden, {k: _to(v, device) for k, v in kwargs.items()}, batch_size)
 
 
@@ -165,6 +208,13 @@ class BlockSource:
     def release(self, i: int, block: nn.Module) -> None:
         raise NotImplementedError
 
+    def abort(self, i: int, block: nn.Module) -> None:
+        """Give block ``i`` back after an error, without saving anything (default: :meth:`release`)."""
+        self.release(i, block)
+
+    #: whether the blocks are the model's own, in memory, so that a failed run must put them back
+    restorable = False
+
 
 class InMemoryBlocks(BlockSource):
     """Blocks already in memory: moved to the device for their turn, then back home."""
@@ -176,6 +226,8 @@ class InMemoryBlocks(BlockSource):
 
     def release(self, i: int, block: nn.Module) -> None:
         block.to(self._home)
+
+    restorable = True
 
 
 class SafetensorsBlocks(BlockSource):
@@ -212,6 +264,59 @@ class SafetensorsBlocks(BlockSource):
         if self.on_done is not None:
             self.on_done(i, block)
         block.to("meta")
+
+    def abort(self, i: int, block: nn.Module) -> None:
+        block.to("meta")  # a failed block is not handed to on_done: nothing half-quantized is written
+
+
+class BlockTransaction:
+    """Copies of the blocks a quantization pass changes, to put them all back if it fails.
+
+    Use as ``with BlockTransaction(source) as tx:`` and call ``tx.load(i)`` /
+    ``tx.release(i, block)`` instead of the source's: for in-memory blocks each
+    block's state is copied (to the CPU) before it is loaded, and on any error every
+    block changed so far is restored in place — the model is exactly as it was.
+    Blocks streamed from a file (:class:`SafetensorsBlocks`) are not the model's
+    own: the failed block goes back to ``meta`` and nothing more is written.
+    Before the first block is touched, every in-memory block's weights are checked
+    (:func:`check_block_weights`), so bad weights are blamed before any work.
+    """
+
+    def __init__(self, source: BlockSource, prefix: str = "model.layers") -> None:
+        self.source, self.prefix = source, prefix
+        self.saved: dict[int, dict[str, torch.Tensor]] = {}
+        self._current: tuple[int, nn.Module] | None = None
+
+    def __enter__(self) -> "BlockTransaction":
+        for i, block in enumerate(self.source.blocks):
+            check_block_weights(block, f"{self.prefix}.{i}")
+        return self
+
+    def load(self, i: int) -> nn.Module:
+        if self.source.restorable:
+            self.saved[i] = {k: v.detach().to("cpu", copy=True) for k, v in self.source.blocks[i].state_dict().items()}
+        block = self.source.load(i)
+        self._current = (i, block)
+        check_block_weights(block, f"{self.prefix}.{i}")  # streamed blocks are checked as they arrive
+        return block
+
+    def release(self, i: int, block: nn.Module) -> None:
+        self.source.release(i, block)
+        self._current = None
+
+    @torch.no_grad()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.saved.clear()
+            return
+        if self._current is not None:
+            self.source.abort(*self._current)
+            self._current = None
+        for i, state in self.saved.items():
+            live = self.source.blocks[i].state_dict()
+            for k, v in state.items():
+                live[k].copy_(v)
+        self.saved.clear()
 
 
 def block_progress(n: int, desc: str, enabled: bool):

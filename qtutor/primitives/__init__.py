@@ -22,6 +22,8 @@ from .spec import (
     PerToken,
     QuantSpec,
     ZeroPoint,
+    check_group_size,
+    check_n_bits_group_size,
 )
 
 __all__ = [
@@ -30,5 +32,6 @@ __all__ = [
     "dequantize", "fake_quant", "pack", "unpack", "packed_length", "mse", "sqnr_db",
     "max_abs_error", "relative_error", "error_report", "n_qparams", "bits_per_weight",
     "int8_mm", "int8_mm_backend", "INT8_MM_BACKENDS",
-    "QuantizedWeight", "group_min_max", "n_groups", "rtn_grid_quantize",
+    "QuantizedWeight", "group_min_max", "n_groups", "rtn_grid_quantize", "check_n_bits_group_size",
+    "check_group_size",
 ]

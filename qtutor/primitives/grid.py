@@ -20,17 +20,30 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["QuantizedWeight", "group_min_max", "n_groups", "rtn_grid_quantize"]
+from .spec import check_group_size, check_n_bits_group_size
+
+__all__ = ["QuantizedWeight", "check_group_size", "check_n_bits_group_size", "group_min_max", "n_groups", "rtn_grid_quantize"]
+
+_F32_MAX = torch.finfo(torch.float32).max
 
 
 def n_groups(in_features: int, group_size: int | None) -> int:
-    """Number of groups along the input dimension (the last one may be short)."""
+    """Number of groups along the input dimension (the last one may be short); ``None``: one group."""
+    check_group_size(group_size)
     return 1 if group_size is None else -(-in_features // group_size)
 
 
 def group_min_max(w: torch.Tensor, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group ``(min, max)`` of ``w`` (out, in) -> two (out, n_groups) tensors; a short last group is allowed."""
+    """Per-group ``(min, max)`` of ``w`` (out, in) -> two (out, n_groups) tensors; a short last group is allowed.
+
+    Computed in ``w``'s dtype (no arithmetic, so nothing can overflow here).
+    """
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D (out_features, in_features), got {tuple(w.shape)}")
+    check_group_size(group_size)
     out_features, in_features = w.shape
+    if in_features == 0:
+        raise ValueError(f"w has shape {tuple(w.shape)}: no input features to take a min and max over")
     gs = group_size or in_features
     pad = n_groups(in_features, gs) * gs - in_features
     # replicating the last column leaves every group's min and max unchanged
@@ -90,11 +103,27 @@ def rtn_grid_quantize(w: torch.Tensor, n_bits: int, group_size: int | None, symm
     at 1e-5 — AWQ's ``pseudo_quantize_tensor``, so AWQ at α = 0 without clipping
     is exactly this. ``symmetric=True``: GPTQ's symmetric grid, ``scale = 2·max|w| / (2ᵇ−1)``
     and the zero-point fixed at ``2ᵇ⁻¹`` (what compressed-tensors stores without a zero-point).
+
+    Unlike ``fake_quant(w, QuantSpec(n_bits, symmetric=False, granularity=PerGroup(g)))``,
+    which widens ``[min, max]`` to include 0 and gives an all-zero group ``scale = 0``:
+    the two agree exactly on every group that holds both signs with ``max − min ≥ 1e-5``
+    (every group of a real weight), and differ on one-signed or constant groups. The
+    symmetric grids differ everywhere (``QuantSpec``'s codes are signed, ±(2ᵇ⁻¹−1)).
+
+    ``group_size``: a positive integer or ``None`` (one group per row), never 0 or -1.
+    Computed in float32: a finite ``w`` whose range overflows float32 (``1e300`` in
+    float64, ``max − min`` of ``±3e38``) raises ``ValueError`` instead of giving NaN.
     """
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D (out_features, in_features), got {tuple(w.shape)}")
+    check_n_bits_group_size(n_bits, group_size)
+    if not w.is_floating_point():
+        raise ValueError(f"w has dtype {w.dtype}: quantize floating-point weights, not integer codes")
     if not torch.isfinite(w).all():
         raise ValueError("w contains NaN or Inf; quantizing it would give a silent wrong answer")
+    if w.numel() and float(w.abs().max()) > _F32_MAX:
+        raise ValueError(f"w holds |values| up to {float(w.abs().max()):.3g}, beyond float32's largest finite value "
+                         f"({_F32_MAX:.3g}) in which the grid is computed; rescale w first")
     w = w.float()
     maxq = 2**n_bits - 1
     wmin, wmax = group_min_max(w, group_size)
@@ -105,6 +134,14 @@ def rtn_grid_quantize(w: torch.Tensor, n_bits: int, group_size: int | None, symm
     else:
         scale = (wmax - wmin).clamp(min=1e-5) / maxq  # (out, n_groups)
         zero = (-torch.round(wmin / scale)).clamp(0, maxq)
+    # the grid's end points (codes 0 and 2ᵇ−1) must be finite: max − min, or 2·max|w|, can overflow float32
+    ends = (scale, scale * (0 - zero), scale * (maxq - zero))
+    bad = ~(torch.isfinite(ends[0]) & torch.isfinite(ends[1]) & torch.isfinite(ends[2]))
+    if bool(bad.any()):
+        r, g = bad.nonzero()[0].tolist()
+        raise ValueError(f"w's range in row {r}, group {g} (min {float(wmin[r, g]):.3g}, max {float(wmax[r, g]):.3g}) "
+                         f"overflows float32: the {'symmetric ' if symmetric else ''}scale or the grid's end points "
+                         "would be Inf/NaN; rescale w first")
     gs = group_size or w.shape[1]
     g_idx = (torch.arange(w.shape[1], device=w.device) // gs).to(torch.int32)
     g = g_idx.long()

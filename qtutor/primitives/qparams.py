@@ -17,7 +17,22 @@ Shapes of the parameters returned by :func:`choose_qparams` for ``x`` of shape
 * ``PerTensor``: ``()``
 * ``PerChannel(axis)``: ``S`` with every dimension but ``axis`` set to 1
 * ``PerToken``: ``S[:-1] + (1,)``
-* ``PerGroup(g, axis)``: ``S`` with ``S[axis]`` replaced by ``S[axis] // g``
+* ``PerGroup(g, axis)``: ``S`` with ``S[axis]`` replaced by ``ceil(S[axis] / g)`` (a short
+  last group when ``g`` does not divide ``S[axis]``, as in GPTQ's reference)
+
+Scales are computed in float32. A finite input whose range does not fit float32
+(``1e300`` in float64, or ``max − min`` of ``±3e38``) raises ``ValueError`` with the
+reason instead of turning into NaN.
+
+How the asymmetric integer grid here differs from :func:`qtutor.primitives.grid.rtn_grid_quantize`
+(GPTQ's and AWQ's grid): here ``[min, max]`` is widened to include 0 (so that 0.0 is
+exact, as in PyTorch and GPTQ's ``find_params``) and an all-zero group gets
+``scale = 0``; ``rtn_grid_quantize`` keeps ``[min, max]`` (AWQ's
+``pseudo_quantize_tensor``) and clamps the scale at 1e-5. On a group that holds
+both signs with ``max − min ≥ 1e-5`` — every group of a real weight — the two give
+the same codes, scales and zero-points. The symmetric grids differ: here codes are
+signed, ``[−(2ᵇ⁻¹−1), 2ᵇ⁻¹−1]`` with ``scale = max|x| / (2ᵇ⁻¹−1)``; there they are
+GPTQ's unsigned codes with the zero-point at ``2ᵇ⁻¹`` and ``scale = 2·max|x| / (2ᵇ−1)``.
 """
 from __future__ import annotations
 
@@ -70,6 +85,32 @@ def check_float_tensor(x: torch.Tensor, name: str = "x") -> None:
         )
 
 
+_F32_MAX = torch.finfo(torch.float32).max
+
+
+def _check_fits_float32(x: torch.Tensor, name: str = "x") -> None:
+    """Raise unless the finite ``x`` stays finite in float32, where scales are computed."""
+    if x.dtype == torch.float64 and x.numel() and float(x.abs().max()) > _F32_MAX:
+        raise ValueError(
+            f"{name} holds |values| up to {float(x.abs().max()):.3g}, beyond float32's largest finite value "
+            f"({_F32_MAX:.3g}) in which scales are computed: they would become Inf/NaN; rescale {name} first"
+        )
+
+
+def _check_grid_finite(ends: list[torch.Tensor], xmin: torch.Tensor, xmax: torch.Tensor, what: str) -> None:
+    """Raise if a scale, offset or end point of the grid overflowed float32 although ``x`` was finite."""
+    bad = torch.zeros_like(ends[0], dtype=torch.bool)
+    for e in ends:
+        bad |= ~torch.isfinite(e)
+    if bool(bad.any()):
+        i = bad.nonzero()[0]
+        lo, hi = float(xmin[tuple(i)]), float(xmax[tuple(i)])
+        raise ValueError(
+            f"the range of x (min {lo:.3g}, max {hi:.3g} in one {what}) overflows float32: the scale or the "
+            "grid's end points would be Inf/NaN; rescale x (e.g. divide it by a power of two) first"
+        )
+
+
 def _axis(x: torch.Tensor, axis: int, name: str = "axis") -> int:
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"{name}={axis}: out of range for a tensor with {x.ndim} dims")
@@ -91,16 +132,25 @@ def _grouped(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, tuple[int,
     if isinstance(g, PerGroup):
         a = _axis(x, g.axis)
         size = x.shape[a]
-        if size % g.group_size:
-            raise ValueError(
-                f"group_size={g.group_size} does not divide dimension {a} of x "
-                f"(size {size}, shape {tuple(x.shape)}); allowed: a divisor of {size}, "
-                "e.g. " + ", ".join(str(d) for d in (32, 64, 128, 256) if size % d == 0)
-            )
-        # (..., size, ...) -> (..., size // g, g, ...)
-        xv = x.unflatten(a, (size // g.group_size, g.group_size))
+        n = -(-size // g.group_size)  # groups, the last one possibly short
+        pad = n * g.group_size - size
+        if pad:
+            # a short last group: replicating its last element leaves its min, max and max|x| unchanged
+            last = x.narrow(a, size - 1, 1)
+            x = torch.cat([x, last.expand(*(pad if d == a else -1 for d in range(x.ndim)))], dim=a)
+        # (..., n·g, ...) -> (..., n, g, ...)
+        xv = x.unflatten(a, (n, g.group_size))
         return xv, (a + 1,)
     raise ValueError(f"unknown granularity {g!r}")
+
+
+def _ungrouped(v: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """The inverse of :func:`_grouped`'s view: back to ``x``'s shape, dropping a short group's padding."""
+    g = spec.granularity
+    if isinstance(g, PerGroup):
+        a = _axis(x, g.axis)
+        return v.flatten(a, a + 1).narrow(a, 0, x.shape[a])  # (..., n, g, ...) -> (..., size, ...)
+    return v.reshape(x.shape)
 
 
 def _public_shape(p: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
@@ -130,11 +180,15 @@ def choose_qparams(x: torch.Tensor, spec: QuantSpec) -> QParams:
     ``scale = 0``; :func:`quantize` maps it to code 0 without dividing by zero.
     """
     check_float_tensor(x)
+    _check_fits_float32(x)
     xv, dims = _grouped(x.float(), spec)
     r = float(spec.clip_ratio)
+    what = type(spec.granularity).__name__
     if spec.symmetric:
         amax = xv.abs().amax(dim=dims, keepdim=True) * r
-        return QParams(scale=_public_shape(amax / spec.qmax, x, spec))
+        scale = amax / spec.qmax
+        _check_grid_finite([scale * spec.qmax], -amax, amax, what)  # the end code can round past max|x|
+        return QParams(scale=_public_shape(scale, x, spec))
     xmin = xv.amin(dim=dims, keepdim=True)
     xmax = xv.amax(dim=dims, keepdim=True)
     if spec.has_integer_zero_point:
@@ -144,11 +198,14 @@ def choose_qparams(x: torch.Tensor, spec: QuantSpec) -> QParams:
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         zp = torch.round(-xmin / safe).clamp(0, spec.qmax)
         zp = torch.where(scale > 0, zp, torch.zeros_like(zp)).to(torch.int32)
+        _check_grid_finite([scale, (0 - zp) * scale, (spec.qmax - zp) * scale], xmin, xmax, what)
         return QParams(_public_shape(scale, x, spec), zero_point=_public_shape(zp, x, spec))
     # float offset (GGUF Q4_1 style): the grid spans [min, max]; 0.0 need not be on it
     mid = (xmax + xmin) / 2
     xmin, xmax = mid + (xmin - mid) * r, mid + (xmax - mid) * r
     scale = (xmax - xmin) / spec.qmax
+    _check_grid_finite([scale, xmin, scale * spec.qmax + xmin], xv.amin(dim=dims, keepdim=True),
+                       xv.amax(dim=dims, keepdim=True), what)
     return QParams(_public_shape(scale, x, spec), offset=_public_shape(xmin, x, spec))
 
 
@@ -158,6 +215,7 @@ def quantize(x: torch.Tensor, qparams: QParams, spec: QuantSpec) -> torch.Tensor
     Rounding is round-half-to-even (``torch.round``), as in GPTQ's reference.
     """
     check_float_tensor(x)
+    _check_fits_float32(x)
     xv, _ = _grouped(x.float(), spec)
     scale = _broadcastable(qparams.scale, x, spec)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -167,7 +225,7 @@ def quantize(x: torch.Tensor, qparams: QParams, spec: QuantSpec) -> torch.Tensor
         q = torch.round(xv / safe) + _broadcastable(qparams.zero_point, x, spec)
     else:
         q = torch.round((xv - _broadcastable(qparams.offset, x, spec)) / safe)
-    q = q.clamp(spec.qmin, spec.qmax).reshape(x.shape)
+    q = _ungrouped(q.clamp(spec.qmin, spec.qmax), x, spec)
     return q.to(torch.int8 if spec.symmetric else torch.uint8)
 
 
@@ -185,7 +243,7 @@ def dequantize(
         x = qv * scale + _broadcastable(qparams.offset, q, spec)
     else:
         x = qv * scale
-    return x.reshape(q.shape).to(dtype)
+    return _ungrouped(x, q, spec).to(dtype)
 
 
 def fake_quant(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:

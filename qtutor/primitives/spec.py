@@ -26,9 +26,41 @@ __all__ = [
     "QuantSpec",
     "MIN_BITS",
     "MAX_BITS",
+    "check_n_bits_group_size",
+    "check_group_size",
 ]
 
 MIN_BITS, MAX_BITS = 2, 8
+
+
+def check_group_size(group_size: int | None, allow_none: bool = True) -> None:
+    """``group_size``: a positive integer, or ``None`` for "no groups" where ``allow_none``; never 0 or -1."""
+    if group_size is None:
+        if not allow_none:
+            raise ValueError("group_size=None: PerGroup needs a positive integer; for one scale per row "
+                             "use PerChannel(axis=0)")
+        return
+    if isinstance(group_size, bool) or not isinstance(group_size, int):
+        raise ValueError(f"group_size={group_size!r}: must be a positive integer or None (no groups)")
+    if group_size < 1:
+        none = " or None" if allow_none else ""
+        raise ValueError(
+            f"group_size={group_size!r}: must be a positive integer{none}; \"no groups\" is spelled None "
+            "(one scale per output row: PerChannel(axis=0) in a QuantSpec), never 0 or -1"
+        )
+
+
+def check_n_bits_group_size(n_bits: int, group_size: int | None) -> None:
+    """The one validation of ``n_bits`` and ``group_size`` that specs, grids and method configs share.
+
+    ``n_bits``: an integer from 2 to 8. ``group_size``: a positive integer, or
+    ``None`` for "no groups" (one scale per output row). "No groups" is spelled one
+    way: ``0`` and ``-1`` (the spellings of some reference scripts) are refused,
+    naming ``None``. Raises ``ValueError`` naming the field, the value and what is allowed.
+    """
+    if isinstance(n_bits, bool) or not isinstance(n_bits, int) or not MIN_BITS <= n_bits <= MAX_BITS:
+        raise ValueError(f"n_bits={n_bits!r}: must be an integer from {MIN_BITS} to {MAX_BITS}")
+    check_group_size(group_size)
 
 
 class ZeroPoint(enum.Enum):
@@ -72,18 +104,19 @@ class PerGroup(Granularity):
     """One scale per ``group_size`` consecutive elements along ``axis``.
 
     For ``w`` of shape ``(out_features, in_features)`` with ``axis=-1`` this is
-    the GPTQ/AWQ/GGUF layout: each row is cut into ``in_features / group_size``
-    groups, and no group straddles two rows.
+    the GPTQ/AWQ/GGUF layout: each row is cut into ``ceil(in_features / group_size)``
+    groups, and no group straddles two rows. When ``group_size`` does not divide
+    the axis the last group is shorter (SmolLM2's 576 = 4.5 × 128 gives four groups
+    of 128 and one of 64), as in GPTQ's reference and :func:`qtutor.primitives.grid.rtn_grid_quantize`.
     """
 
     group_size: int = 128
     axis: int = -1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.group_size, int) or self.group_size < 1:
-            raise ValueError(
-                f"group_size={self.group_size!r}: must be a positive integer"
-            )
+        check_group_size(self.group_size, allow_none=False)
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise ValueError(f"axis={self.axis!r}: must be an integer")
 
 
 @dataclass(frozen=True)
@@ -110,9 +143,12 @@ class QuantSpec:
     clip_ratio: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_bits, int) or not MIN_BITS <= self.n_bits <= MAX_BITS:
+        check_n_bits_group_size(self.n_bits, None)  # QuantSpec's groups live in PerGroup
+        if not isinstance(self.symmetric, bool):
+            # QuantSpec(4, PerGroup(128)) would otherwise read the granularity as symmetric=True
             raise ValueError(
-                f"n_bits={self.n_bits!r}: must be an integer from {MIN_BITS} to {MAX_BITS}"
+                f"symmetric={self.symmetric!r}: must be True or False (pass the granularity by name: "
+                "QuantSpec(4, granularity=PerGroup(128)))"
             )
         if not isinstance(self.zero_point, ZeroPoint):
             raise ValueError(

@@ -133,14 +133,46 @@ def test_bits_out_of_range(bits):
         QuantSpec(n_bits=bits)
 
 
-def test_group_size_must_divide():
-    with pytest.raises(ValueError, match=r"group_size=128 does not divide dimension 1.*size 576"):
-        choose_qparams(torch.randn(4, 576), QuantSpec(n_bits=4, granularity=PerGroup(128)))
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_short_last_group(kind):
+    # 576 = 4.5 x 128 (SmolLM2's hidden size): four groups of 128 and one of 64, as GPTQ's reference
+    x = torch.randn(6, 576, generator=torch.Generator().manual_seed(0))
+    spec = QuantSpec(n_bits=4, granularity=PerGroup(128), **KINDS[kind])
+    qp = choose_qparams(x, spec)
+    assert qp.scale.shape == (6, 5)
+    out = fake_quant(x, spec)
+    assert out.shape == x.shape
+    # the short group is quantized exactly as a 64-wide tensor on its own
+    tail = fake_quant(x[:, 512:].contiguous(), QuantSpec(n_bits=4, granularity=PerGroup(64), **KINDS[kind]))
+    assert torch.equal(out[:, 512:], tail)
+    head = fake_quant(x[:, :512].contiguous(), spec)
+    assert torch.equal(out[:, :512], head)
 
 
-def test_group_size_positive():
-    with pytest.raises(ValueError, match="group_size=0"):
-        PerGroup(0)
+def test_short_last_group_along_axis0():
+    x = torch.randn(40, 3)
+    spec = QuantSpec(n_bits=4, granularity=PerGroup(16, axis=0))
+    qp = choose_qparams(x, spec)
+    assert qp.scale.shape == (3, 3)
+    q = quantize(x, qp, spec)
+    assert q.shape == x.shape and dequantize(q, qp, spec).shape == x.shape
+
+
+@pytest.mark.parametrize("bad", [0, -1, None, 2.0, True], ids=repr)
+def test_group_size_positive(bad):
+    with pytest.raises(ValueError, match=f"group_size={bad!r}"):
+        PerGroup(bad)
+
+
+def test_no_groups_is_spelled_none():
+    with pytest.raises(ValueError, match=r"spelled None.*never 0 or -1"):
+        PerGroup(-1)
+
+
+def test_granularity_passed_as_symmetric_is_refused():
+    # QuantSpec(4, PerGroup(128)) reads the granularity as `symmetric`: a silent per-tensor grid before
+    with pytest.raises(ValueError, match=r"symmetric=PerGroup.*granularity=PerGroup\(128\)"):
+        QuantSpec(4, PerGroup(128))
 
 
 def test_integer_input_rejected():
@@ -197,3 +229,63 @@ def test_property_symmetric_codes_centred_on_zero(values, bits):
     qp = choose_qparams(x, spec)
     assert torch.equal(quantize(-x, qp, spec), -quantize(x, qp, spec))
     assert int(quantize(x, qp, spec).abs().max()) <= 2 ** (bits - 1) - 1
+
+
+# --- finite input never turns into NaN silently ------------------------------
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_float64_beyond_float32_is_refused(kind):
+    x = torch.tensor([1e300, -2.0, 3.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"beyond float32's largest finite value"):
+        fake_quant(x, QuantSpec(n_bits=8, **KINDS[kind]))
+
+
+@pytest.mark.parametrize("kind", ["asym_int", "asym_offset"])
+def test_asymmetric_range_that_overflows_is_refused(kind):
+    x = torch.tensor([3e38, -3e38, 1.0])  # each finite, max - min = Inf in float32
+    with pytest.raises(ValueError, match=r"range of x \(min -3e\+38, max 3e\+38.*overflows float32"):
+        choose_qparams(x, QuantSpec(n_bits=4, **KINDS[kind]))
+
+
+def test_symmetric_end_code_that_overflows_is_refused():
+    x = torch.tensor([torch.finfo(torch.float32).max, 1.0])
+    spec = QuantSpec(n_bits=8)
+    try:
+        out = fake_quant(x, spec)
+    except ValueError as err:
+        assert "overflows float32" in str(err)
+    else:
+        assert torch.isfinite(out).all()
+
+
+huge = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.sampled_from([3e38, -3e38, 3.4028234e38, -3.4028234e38, 1e38, -1e-45, 0.0]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(huge, min_size=1, max_size=40), bits=st.integers(2, 8), kind=st.sampled_from(sorted(KINDS)),
+       gran=st.sampled_from(["tensor", "g8"]))
+def test_property_finite_float32_input_gives_finite_output_or_a_reason(values, bits, kind, gran):
+    x = torch.tensor(values, dtype=torch.float32)
+    g = PerTensor() if gran == "tensor" else PerGroup(8)
+    try:
+        out = fake_quant(x, QuantSpec(n_bits=bits, granularity=g, **KINDS[kind]))
+    except ValueError as err:
+        assert "overflows float32" in str(err)
+    else:
+        assert torch.isfinite(out).all(), (values, out)
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=20),
+       kind=st.sampled_from(sorted(KINDS)))
+def test_property_finite_float64_input_gives_finite_output_or_a_reason(values, kind):
+    x = torch.tensor(values, dtype=torch.float64)
+    try:
+        out = fake_quant(x, QuantSpec(n_bits=4, **KINDS[kind]))
+    except ValueError as err:
+        assert "float32" in str(err)
+    else:
+        assert torch.isfinite(out).all()
