@@ -1,4 +1,12 @@
-"""GPTQ against round-to-nearest on the same grid, and its bookkeeping."""
+"""GPTQ against the reference implementation and round-to-nearest on the same grid, and its bookkeeping.
+
+``tests/fixtures/gptq_reference.safetensors`` holds IST-DASLab/gptq's own
+``GPTQ.fasterquant`` result on a real SmolLM2 layer (its weight and Hessian are in the
+file; commit and command in its metadata and in ``tests/fixtures/make_gptq_reference.py``).
+"""
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -101,3 +109,43 @@ def test_bad_input():
     g.add_batch(torch.full((4, 8), float("nan")))
     with pytest.raises(ValueError, match="blk.0.q: the Hessian is not positive definite"):
         g.quantize(GPTQConfig(group_size=None))
+
+
+# --- pinned against the reference ------------------------------------------------------
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gptq_reference.safetensors"
+
+
+def _reference():
+    from safetensors import safe_open
+
+    with safe_open(FIXTURE, "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["configs"])
+
+
+_REF, _REF_CONFIGS = _reference()
+
+
+@pytest.mark.parametrize("name", list(_REF_CONFIGS))
+def test_equals_reference_bit_for_bit(name):
+    """Codes, scales, zero-points, group index and dequantized weights equal the reference's exactly.
+
+    Exact, not within a tolerance: the same float32 operations in the same order on one
+    CPU thread (the reference was run with ``torch.set_num_threads(1)`` too); one code a
+    grid step off anywhere fails.
+    """
+    c = _REF_CONFIGS[name]
+    cfg = GPTQConfig(n_bits=c["bits"], group_size=None if c["groupsize"] == -1 else c["groupsize"],
+                     symmetric=c["sym"], act_order=c["actorder"], static_groups=c["static_groups"],
+                     blocksize=128, percdamp=0.01)
+    g = GPTQ(_REF["W"].clone(), name)
+    g.H, g.nsamples = _REF["H"].clone(), 2048  # the reference's Hessian of 2048 calibration tokens
+    qw = g.quantize(cfg)
+    q, scale, zero, g_idx = (_REF[f"{name}.{k}"] for k in ("q", "scale", "zero", "g_idx"))
+    assert torch.equal(qw.g_idx.to(torch.int32), g_idx)
+    assert torch.equal(qw.scale, scale)
+    assert torch.equal(qw.zero.to(torch.uint8), zero)
+    differ = (qw.q.to(torch.uint8) != q).sum().item()
+    assert differ == 0, f"{differ} of {q.numel()} codes differ from the reference"
+    expected = scale[:, g_idx.long()] * (q.float() - zero[:, g_idx.long()].float())  # the reference's Q
+    assert torch.equal(qw.dequantize(), expected)
