@@ -24,7 +24,7 @@ from ._launch import check, pick, split_k_buffers, split_k_result, store_tile, t
 
 from .w8a8 import _round_half_even
 
-__all__ = ["llm_int8_ref", "llm_int8_matmul"]
+__all__ = ["llm_int8_ref", "llm_int8_matmul", "check_threshold", "check_operands"]
 
 _INV_127 = 7.874015718698502e-3  # bitsandbytes' constants
 _INV_127_SQ = 6.200124e-05
@@ -32,11 +32,55 @@ _INV_127_SQ = 6.200124e-05
 
 # ---------------------------------------------------------------- reference
 
-def llm_int8_ref(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0) -> torch.Tensor:
-    """bitsandbytes' decomposition, step by step in PyTorch (:func:`qtutor.methods.llm_int8.llm_int8_matmul`)."""
-    from qtutor.methods.llm_int8 import llm_int8_matmul as ref
+def check_threshold(threshold: float) -> None:
+    """The outlier threshold: a number ≥ 0 (0 turns the outlier path off); NaN and negatives are refused.
 
-    return ref(x, CB, SCB, threshold, use_triton=False)
+    The same check as the CPU path's (``qtutor.methods.llm_int8._check_threshold``): both
+    paths raise ``ValueError`` for the same thresholds. ``inf`` is accepted (no column is an outlier).
+    """
+    if isinstance(threshold, bool) or not (isinstance(threshold, (int, float)) and threshold >= 0):  # NaN fails too
+        raise ValueError(f"threshold={threshold!r}: must be a number ≥ 0 (0 turns the outlier path off)")
+
+
+def check_operands(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor) -> None:
+    """Shapes and dtypes of the decomposition's operands, checked the same way on every path."""
+    check(x.dtype == torch.float16, f"x has dtype {x.dtype}: LLM.int8() multiplies float16 activations")
+    check(x.ndim == 2, f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
+    K = x.shape[1]
+    check(CB.dtype == torch.int8 and CB.ndim == 2 and CB.shape[1] == K,
+          f"CB must be int8 (N, {K}), got {CB.dtype} {tuple(CB.shape)}")
+    N = CB.shape[0]
+    check(SCB.shape == (N,) and SCB.dtype == torch.float32,
+          f"SCB must be float32 ({N},), got {SCB.dtype} {tuple(SCB.shape)}")
+
+
+def llm_int8_ref(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float = 6.0) -> torch.Tensor:
+    """bitsandbytes' decomposition step by step in PyTorch: ``x`` (M, K) fp16, ``CB`` (N, K) int8 -> (M, N) fp16.
+
+    ``int8_vectorwise_quant`` (row absmax without the outlier entries, outlier columns
+    zeroed), the exact integer product scaled by ``s_x s_wᵀ / 127²`` and rounded to
+    fp16 (``int8_mm_dequant``), plus the fp16 product of the outlier columns
+    (``int8_mixed_scaled_mm``); the same steps as ``qtutor.methods.llm_int8`` on the CPU.
+    """
+    check_operands(x, CB, SCB)
+    check_threshold(threshold)
+    cols = torch.empty(0, dtype=torch.long, device=x.device)
+    a = x
+    if threshold > 0.0:
+        outliers = x.abs() >= threshold
+        if outliers.any():
+            cols = torch.argwhere(outliers.any(dim=0)).view(-1)
+            a = x.masked_fill(outliers, 0)  # outliers must not set the row's scale
+    SCA = a.abs().amax(dim=1).float() if x.shape[1] else torch.zeros(x.shape[0], device=x.device)  # (M,)
+    CA = torch.round(a * (127.0 / SCA.unsqueeze(-1))).to(torch.int8)  # (M, K)
+    if x.shape[0] > 1 and cols.numel():
+        CA[:, cols] = 0
+    acc = (CA.double() @ CB.double().T).float()  # exact (|sums| < 2⁵³), then int → float32 as bitsandbytes
+    out = (acc * (SCA.unsqueeze(-1) * SCB.unsqueeze(0)) * _INV_127_SQ).to(torch.float16)
+    if cols.numel():
+        sub_w = (CB[:, cols].contiguous() * SCB.view(-1, 1) * _INV_127).to(torch.float16).t()  # (|O|, N)
+        out = out.addmm(x[:, cols].contiguous(), sub_w)
+    return out
 
 
 # ------------------------------------------------------------------- kernels
@@ -141,16 +185,18 @@ def llm_int8_matmul(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, thresh
     rounded to fp16 before the outliers are added — a difference of at most one
     fp16 rounding from bitsandbytes).
     """
-    check(x.dtype == torch.float16, f"x has dtype {x.dtype}: LLM.int8() multiplies float16 activations")
-    check(x.ndim == 2 and x.stride(1) == 1, f"x must be 2-D (M, K) and contiguous along K, got {tuple(x.shape)}")
+    check_operands(x, CB, SCB)
+    check(x.stride(1) == 1, f"x must be contiguous along K, got strides {x.stride()}")
+    check(CB.stride(1) == 1, f"CB must be contiguous along K, got strides {CB.stride()}")
+    check_threshold(threshold)
     M, K = x.shape
-    check(CB.dtype == torch.int8 and CB.ndim == 2 and CB.shape[1] == K and CB.stride(1) == 1,
-           f"CB must be contiguous int8 (N, {K}), got {CB.dtype} {tuple(CB.shape)}")
     N = CB.shape[0]
-    check(SCB.shape == (N,) and SCB.dtype == torch.float32, f"SCB must be float32 ({N},), got {SCB.dtype} {tuple(SCB.shape)}")
-    check(threshold >= 0, f"threshold={threshold} must be ≥ 0 (0 turns the outlier path off)")
     for name, t in (("CB", CB), ("SCB", SCB)):
         check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
+    if M == 0 or N == 0:  # nothing to compute: no launch (a grid of size 0 is an error)
+        return torch.empty(M, N, dtype=torch.float16, device=x.device)
+    if K == 0:
+        return torch.zeros(M, N, dtype=torch.float16, device=x.device)
     has_outliers = threshold > 0
     flags = torch.zeros(K, dtype=torch.int32, device=x.device)
     inv = torch.empty(M, dtype=torch.float32, device=x.device)

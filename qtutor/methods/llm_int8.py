@@ -27,8 +27,21 @@ _INV_127_SQ = 6.200124e-05
 
 
 def check_threshold(threshold: float) -> None:
-    if not (isinstance(threshold, (int, float)) and threshold >= 0):  # NaN fails ">= 0" too
-        raise ValueError(f"threshold={threshold!r}: must be a number ≥ 0 (0 turns the outlier path off)")
+    """A number ≥ 0 (0: no outlier path; ``inf``: no column is an outlier); NaN, negatives, bools refused.
+
+    The kernel path's own check (:func:`qtutor.kernels.llm_int8.check_threshold`), so that the CPU
+    and the kernel paths raise the same ``ValueError`` for the same threshold.
+    """
+    from ..kernels.llm_int8 import check_threshold as kernel_check
+
+    kernel_check(threshold)
+
+
+def check_operands(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor) -> None:
+    """``x`` (M, K) fp16, ``CB`` (N, K) int8, ``SCB`` (N,) float32: the kernel path's checks, on every path."""
+    from ..kernels.llm_int8 import check_operands as kernel_check
+
+    kernel_check(x, CB, SCB)
 
 
 def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -68,9 +81,8 @@ def llm_int8_matmul(
     kernels) on a GPU and bitsandbytes' steps in PyTorch on the CPU; True runs these steps with the
     int8 product in the Triton W8A8 kernel; False always runs them in PyTorch.
     """
-    if CB.dtype != torch.int8 or CB.ndim != 2 or CB.shape[1] != x.shape[-1]:
-        raise ValueError(f"CB must be int8 (N, {x.shape[-1]}), got {CB.dtype} {tuple(CB.shape)}")
-    check_threshold(threshold)  # the CPU path validates as the kernel path does
+    check_operands(x, CB, SCB)  # the CPU path validates as the kernel path does
+    check_threshold(threshold)
     if use_triton is None and x.is_cuda:
         from ..kernels.llm_int8 import llm_int8_matmul as fused
 
