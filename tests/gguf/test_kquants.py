@@ -1,14 +1,9 @@
-"""k-quants: decoding agrees with gguf-py; encoding follows llama.cpp's reference quantizers.
+"""k-quants: decoding agrees with gguf-py; encoding is byte-identical to llama.cpp's reference quantizers.
 
-The byte comparison with llama.cpp itself is opt-in (it needs a built llama.cpp):
-set ``QTUTOR_LLAMA_CPP_QUANTIZE`` to an executable called as
-``EXE TYPE n_per_row in.f32 out.bin`` that runs llama.cpp's ``quantize_<type>``
-(no importance matrix) over float32 rows and writes the blocks.  The recorded
-result is in ``benchmarks/results/llama_cpp_byte_comparison.json``.
+The byte comparison compiles llama.cpp's ``ggml-quants.c`` (llama-cpp-python 0.3.36's
+vendored copy, the version the notebooks cite) with ``harness/kquant_ref.c``; see
+``conftest.py`` for where the source package comes from. It runs in CI.
 """
-import os
-import subprocess
-
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, quants
@@ -83,12 +78,69 @@ def test_bad_input():
         dequantize_kquant(np.zeros((1, 143), np.uint8), "Q4_K")
 
 
-@pytest.mark.skipif("QTUTOR_LLAMA_CPP_QUANTIZE" not in os.environ, reason="opt-in: needs a built llama.cpp quantizer")
-@pytest.mark.parametrize("name", KQUANT_TYPES)
-def test_byte_identical_to_llama_cpp(smollm2, name, tmp_path):
+# --- byte identity with llama.cpp itself --------------------------------------------------
+# The ``llama_cpp_ref`` fixture (tests/gguf/conftest.py) compiles llama.cpp's
+# ggml-quants.c from the llama-cpp-python 0.3.36 source package with
+# tests/gguf/harness/kquant_ref.c and calls its quantize_row_<type>_ref.
+
+REAL_TENSORS = ["model.layers.0.self_attn.q_proj", "model.layers.10.mlp.down_proj", "model.layers.29.mlp.up_proj",
+                "model.layers.5.self_attn.v_proj"]
+N_REAL = 64 * 256  # weights taken from each tensor: 64 super-blocks, 512 blocks of 32
+
+
+def _edge_superblocks() -> np.ndarray:
+    """Super-blocks that take the quantizers' special branches: zero, constant, one spike, tiny, huge, heavy-tailed."""
+    rng = np.random.default_rng(0)
+    spike = np.zeros(256)
+    spike[7] = -3.0
+    return np.stack([
+        np.zeros(256), np.full(256, 0.25), np.full(256, -3.0), spike,
+        rng.standard_normal(256) * 1e-3, rng.standard_normal(256) * 1e-7, rng.standard_normal(256) * 100,
+        rng.standard_normal(256) ** 3, np.abs(rng.standard_normal(256)), -np.abs(rng.standard_normal(256)),
+        np.where(np.arange(256) % 16 == 0, 1.0, 0.0),  # one nonzero per 16-wide sub-block
+    ]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def real_weights(smollm2) -> np.ndarray:
+    """(n, 256) float32: consecutive weights of a few real tensors (rows of 576 do not split into 256s)."""
     model, _ = smollm2
-    x = _superblocks(model, 2000)
-    x.tofile(tmp_path / "x.f32")
-    subprocess.run([os.environ["QTUTOR_LLAMA_CPP_QUANTIZE"], name, "256", tmp_path / "x.f32", tmp_path / "out.bin"], check=True)
-    ref = np.fromfile(tmp_path / "out.bin", dtype=np.uint8).reshape(-1, kquant_type_size(name))
-    assert np.array_equal(quantize_kquant(x, name), ref)
+    w = [model.get_submodule(n).weight.detach().numpy().reshape(-1)[:N_REAL] for n in REAL_TENSORS]
+    return np.concatenate(w + [_edge_superblocks().reshape(-1)]).reshape(-1, 256)
+
+
+def _first_difference(ours: np.ndarray, ref: np.ndarray) -> str:
+    rows = np.nonzero((ours != ref).any(axis=1))[0]
+    if len(rows) == 0:
+        return ""
+    r = rows[0]
+    cols = np.nonzero(ours[r] != ref[r])[0]
+    return (f"{len(rows)} of {len(ours)} blocks differ; first: block {r}, bytes {cols[:8].tolist()}: "
+            f"qtutor {ours[r, cols[:8]].tolist()} llama.cpp {ref[r, cols[:8]].tolist()}")
+
+
+@pytest.mark.parametrize("name", KQUANT_TYPES)
+def test_byte_identical_to_llama_cpp(llama_cpp_ref, real_weights, name):
+    assert llama_cpp_ref.block_size(name) == kquant_type_size(name)
+    ours, ref = quantize_kquant(real_weights, name), llama_cpp_ref.quantize(real_weights, name)
+    assert np.array_equal(ours, ref), _first_difference(ours, ref)
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+def test_legacy_byte_identical_to_llama_cpp(llama_cpp_ref, real_weights, name):
+    from qtutor.gguf import quantize_blocks, type_size
+
+    x = real_weights.reshape(-1, 32)
+    assert llama_cpp_ref.block_size(name) == type_size(name)
+    ours, ref = quantize_blocks(x, name), llama_cpp_ref.quantize(x, name)
+    assert np.array_equal(ours, ref), _first_difference(ours, ref)
+
+
+@pytest.mark.xfail(strict=True, reason="qtutor bug, reported: a block of -0.0 gets d = +0.0 (f16 0x0000); llama.cpp "
+                   "starts max at +0.0, so d = 0.0 / -8 = -0.0 (0x8000). Decodes the same; bytes differ")
+@pytest.mark.parametrize("name", ["Q4_0", "Q5_0"])
+def test_negative_zero_block_like_llama_cpp(llama_cpp_ref, name):
+    from qtutor.gguf import quantize_blocks
+
+    x = np.full((1, 32), -0.0, np.float32)
+    assert np.array_equal(quantize_blocks(x, name), llama_cpp_ref.quantize(x, name))
