@@ -38,5 +38,6 @@ def test_kernel_path_within_fp16_rounding():
     lin = nn.Linear(128, 32, bias=False).half()
     x = torch.randn(3, 128).half()
     torch_path = NF4Linear.from_linear(lin)(x)  # CPU input: PyTorch
-    kernel_path = NF4Linear.from_linear(lin, use_kernel=True)(x)  # Triton's interpreter
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled on a GPU, else Triton's interpreter
+    kernel_path = NF4Linear.from_linear(lin, use_kernel=True).to(device)(x.to(device)).cpu()
     assert float((torch_path.float() - kernel_path.float()).abs().max()) <= 2e-3 * float(torch_path.float().abs().max())

@@ -64,5 +64,7 @@ def test_kernel_path_matches_pytorch_path(act_order):
     layer = W4A16Linear.from_quantized(qw, lin.bias.detach().half())
     assert layer.kernel_group == (0 if act_order else 32)
     x = torch.randn(4, 128).half()
-    got, want = w4a16_kernel_linear(x, layer), layer(x)  # layer(x) on the CPU: PyTorch
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled on a GPU, else Triton's interpreter
+    got = w4a16_kernel_linear(x.to(device), layer.to(device)).cpu()
+    want = layer.cpu()(x)  # a CPU input: PyTorch
     assert float((got.float() - want.float()).abs().max()) <= 2e-3 * float(want.float().abs().max())
