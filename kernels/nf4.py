@@ -220,18 +220,25 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
     ``absmax`` float32 (one per block), or uint8 codes with ``absmax_code``,
     ``absmax2`` and ``offset`` when double-quantized. ``code``: the 16 levels
     (NF4 or FP4), float32. M ≤ ``gemv_max_m`` takes the GEMV, larger M the GEMM.
+    Every size the kernels index with is checked first (``ValueError`` naming the
+    argument); M = 0 returns an empty (0, out_features) result without a launch.
     """
     gemv = {**GEMV, **(gemv or {})}
     check(x.dtype in _ACT_DTYPES, f"x must be float16 or bfloat16, got {x.dtype}")
     check(x.ndim == 2 and x.stride(1) == 1, f"x must be 2-D (M, K) and contiguous along K, got {tuple(x.shape)}")
     M, K = x.shape
     N = out_features
+    check(isinstance(N, int) and not isinstance(N, bool) and N > 0, f"out_features={N!r}: must be a positive integer")
+    for name, v in (("blocksize", blocksize), ("dq_blocksize", dq_blocksize)):
+        check(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{name}={v!r}: must be a positive integer")
+    check(K > 0, f"x has K={K}: the weight needs at least one input column")
     check(packed.dtype == torch.uint8 and packed.is_contiguous(), f"packed must be contiguous uint8, got {packed.dtype}")
     check(packed.numel() * 2 == N * K, f"packed holds {packed.numel() * 2} codes, the weight ({N}, {K}) needs {N * K}")
     check(K % 8 == 0, f"K={K} must be a multiple of 8 (the kernel reads 8 codes of a row at a time)")
     check(blocksize % 8 == 0, f"blocksize={blocksize} must be a multiple of 8 (a word of 8 codes in one block)")
     check(packed.data_ptr() % 4 == 0, "packed must be 4-byte aligned (read as int32 words)")
-    check(code.dtype == torch.float32 and code.numel() == 16, f"code must be 16 float32 levels, got {code.dtype} {tuple(code.shape)}")
+    check(code.dtype == torch.float32 and code.numel() == 16 and code.is_contiguous(),
+          f"code must be 16 float32 levels (contiguous), got {code.dtype} {tuple(code.shape)}")
     n_blocks = triton.cdiv(N * K, blocksize)
     check(absmax.numel() == n_blocks, f"absmax has {absmax.numel()} entries, the weight has {n_blocks} blocks")
     double = absmax.dtype == torch.uint8
@@ -240,6 +247,12 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
                "uint8 absmax (double quantization) needs absmax_code, absmax2 and offset")
         check(absmax2.numel() == triton.cdiv(n_blocks, dq_blocksize),
                f"absmax2 has {absmax2.numel()} entries, expected {triton.cdiv(n_blocks, dq_blocksize)}")
+        # the kernel reads absmax_code[absmax[b]] for uint8 codes 0…255 and one offset
+        check(absmax_code.numel() == 256, f"absmax_code must hold the 256 values of the dynamic map, got "
+                                          f"{absmax_code.numel()}")
+        check(offset.numel() == 1, f"offset must be one value, got {offset.numel()}")
+        for name, t in (("absmax_code", absmax_code), ("absmax2", absmax2), ("offset", offset)):
+            check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
         absmax_code, absmax2 = absmax_code.float().contiguous(), absmax2.float().contiguous()
         offset = offset.float().reshape(1)
     else:
@@ -247,6 +260,8 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
         absmax_code = absmax2 = offset = absmax  # unused
     for name, t in (("packed", packed), ("absmax", absmax), ("code", code)):
         check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
+    if M == 0:  # nothing to compute: no launch (a grid of size 0 is an error)
+        return torch.empty(0, N, device=x.device, dtype=x.dtype)
     words = packed.view(-1).view(torch.int32)
     absmax = absmax.contiguous()
     common = dict(BLOCKSIZE=blocksize, DQ_BLOCKSIZE=dq_blocksize, DOUBLE_QUANT=double)

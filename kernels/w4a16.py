@@ -254,24 +254,49 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
     ``group_size``: the layer's group size when ``g_idx`` is plain ``k // group_size``
     (skips checking ``g_idx``); 0 forces the act-order path; None inspects ``g_idx``.
     ``gemv``/``gemm`` override the launch parameters (for tuning; ``gemm`` updates M's bucket of GEMM).
+
+    Every index the kernels read through is checked first: a ``g_idx`` entry outside
+    ``[0, n_groups)`` or a ``group_size`` that disagrees with the scales' shape is a
+    ``ValueError`` naming the argument, never a read outside a tensor. (The values of
+    ``g_idx`` are not inspected while a CUDA graph is being captured: check them on a
+    first call outside the capture.) M = 0 returns an empty (0, N) result, no launch.
     """
     gemv = {**GEMV, **(gemv or {})}
     check(x.dtype in _ACT_DTYPES, f"x must be float16 or bfloat16, got {x.dtype}")
     check(x.ndim == 2, f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
+    for name, t in (("qweight", qweight), ("qzeros", qzeros), ("scales", scales)):
+        check(t.ndim == 2, f"{name} must be 2-D, got shape {tuple(t.shape)}")
+    check(g_idx.ndim == 1, f"g_idx must be 1-D (K,), got shape {tuple(g_idx.shape)}")
     check(qweight.dtype == torch.int32 and qzeros.dtype == torch.int32 and g_idx.dtype == torch.int32,
            f"qweight, qzeros and g_idx must be int32, got {qweight.dtype}, {qzeros.dtype}, {g_idx.dtype}")
     check(scales.dtype in _ACT_DTYPES, f"scales must be float16 or bfloat16, got {scales.dtype}")
     M, K = x.shape
     N = qweight.shape[1]
+    check(K > 0 and K % 8 == 0, f"x has K={K}: must be a positive multiple of 8 (8 codes per int32 word)")
     check(qweight.shape[0] * 8 == K, f"qweight has {qweight.shape[0]} rows of 8 codes; x has K={K}")
-    check(N % 8 == 0 and qzeros.shape[1] * 8 == N, f"qzeros {tuple(qzeros.shape)} does not pack N={N} zero-points")
-    check(scales.shape == (qzeros.shape[0], N), f"scales {tuple(scales.shape)} must be (n_groups={qzeros.shape[0]}, N={N})")
+    check(N > 0 and N % 8 == 0 and qzeros.shape[1] * 8 == N,
+          f"qzeros {tuple(qzeros.shape)} does not pack N={N} zero-points (N must be a positive multiple of 8)")
+    n_groups = scales.shape[0]
+    check(n_groups >= 1 and scales.shape == (qzeros.shape[0], N),
+          f"scales {tuple(scales.shape)} must be (n_groups={qzeros.shape[0]}, N={N}) with n_groups ≥ 1")
     check(g_idx.shape == (K,), f"g_idx must have K={K} entries, got {tuple(g_idx.shape)}")
+    check(group_size is None or (isinstance(group_size, int) and not isinstance(group_size, bool) and group_size >= 0),
+          f"group_size={group_size!r}: must be None (inspect g_idx), 0 (act-order) or a positive integer")
+    if group_size:
+        check(n_groups == triton.cdiv(K, group_size),
+              f"group_size={group_size} gives {triton.cdiv(K, group_size)} groups for K={K}, but scales has "
+              f"{n_groups} rows: allowed group sizes give ceil(K / group_size) = {n_groups}")
     for name, t in (("x", x), ("qweight", qweight), ("qzeros", qzeros), ("scales", scales), ("g_idx", g_idx)):
         check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
         check(t.stride(-1) == 1, f"{name} must be contiguous in its last dimension")
+    reads_g_idx = not group_size or group_size % 16  # the act-order path, also taken for groups not a multiple of 16
+    if reads_g_idx and not _capturing(x):  # the kernel reads scales[g_idx[k]]: every entry must be a group
+        lo, hi = int(g_idx.min()), int(g_idx.max())
+        check(0 <= lo and hi < n_groups,
+              f"g_idx holds values from {lo} to {hi}; allowed: 0 … {n_groups - 1} (scales has {n_groups} groups)")
+    if M == 0:  # nothing to compute: no launch (a grid of size 0 is an error)
+        return torch.empty(0, N, device=x.device, dtype=x.dtype)
     # contiguous groups (no act-order) let a tile share one row of scales: find the group size
-    n_groups = scales.shape[0]
     group = int((g_idx == 0).sum()) if n_groups > 1 and group_size is None else K
     contiguous = torch.equal(g_idx, torch.arange(K, device=g_idx.device, dtype=torch.int32) // group) \
         if group_size is None else group_size > 0
@@ -301,6 +326,11 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
         num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
     )
     return split_k_result(out, ws, one)
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    """True while a CUDA graph is being captured: reading a tensor's values back would break the capture."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _block_k(block_k: int, group: int) -> int:

@@ -192,6 +192,8 @@ def quantize_per_token(x: torch.Tensor, dtype: torch.dtype = torch.int8) -> tupl
     M, K = x.shape
     q = torch.empty((M, K), dtype=dtype, device=x.device)
     s = torch.empty((M,), dtype=torch.float32, device=x.device)
+    if M == 0 or K == 0:  # nothing to read: no launch (an empty row has max|x| = 0, so scale 0, as the reference)
+        return q, s.zero_()
     _quantize_per_token_kernel[(M,)](
         x, q, s, K, x.stride(0), q.stride(0), BLOCK_K=min(1024, triton.next_power_of_2(K)), QMAX=_QMAX[dtype],
         enable_fp_fusion=False,  # keep x·inv rounded before +0.5, as the reference does (no FMA)
@@ -203,7 +205,8 @@ def _check_weight(q_w: torch.Tensor, s_w: torch.Tensor, K: int) -> None:
     check(q_w.dtype in _QMAX and q_w.ndim == 2,
            f"q_w must be 2-D int8 or float8_e4m3fn (N, K), got {q_w.dtype} {tuple(q_w.shape)}")
     check(q_w.shape[1] == K, f"q_w has K={q_w.shape[1]} but the activations have K={K}")
-    check(s_w.shape == (q_w.shape[0],), f"s_w must have shape ({q_w.shape[0]},), got {tuple(s_w.shape)}")
+    check(s_w.shape == (q_w.shape[0],) and s_w.is_floating_point(),
+          f"s_w must have shape ({q_w.shape[0]},) and a float dtype, got {s_w.dtype} {tuple(s_w.shape)}")
 
 
 # launch parameters by M (the first bucket whose "max_m" holds M), chosen for int8 on an H100 with
@@ -218,6 +221,12 @@ LAUNCH = [
 def _launch(a, q_w, s_a, s_w, out, quantize_a: bool, launch: dict | None) -> torch.Tensor:
     M, K = a.shape
     N = q_w.shape[0]
+    for name, t in (("q_w", q_w), ("s_w", s_w), ("s_x", s_a)):
+        check(t.device == a.device, f"{name} is on {t.device}, the activations on {a.device}")
+    if M == 0 or N == 0:  # nothing to compute: no launch (a grid of size 0 is an error)
+        return out
+    if K == 0:
+        return out.zero_()
     p = pick(LAUNCH, M, launch)
     grid = (triton.cdiv(M, p["block_m"]), triton.cdiv(N, p["block_n"]))
     _int8_matmul_kernel[grid](
@@ -242,7 +251,8 @@ def int8_matmul(
            f"q_x must be 2-D int8 or float8_e4m3fn (M, K), got {q_x.dtype} {tuple(q_x.shape)}")
     _check_weight(q_w, s_w, q_x.shape[1])
     check(q_x.dtype == q_w.dtype, f"q_x is {q_x.dtype} but q_w is {q_w.dtype}")
-    check(s_x.shape == (q_x.shape[0],), f"s_x must have shape ({q_x.shape[0]},), got {tuple(s_x.shape)}")
+    check(s_x.shape == (q_x.shape[0],) and s_x.is_floating_point(),
+          f"s_x must have shape ({q_x.shape[0]},) and a float dtype, got {s_x.dtype} {tuple(s_x.shape)}")
     out = torch.empty((q_x.shape[0], q_w.shape[0]), dtype=out_dtype, device=q_x.device)
     return _launch(q_x, q_w, s_x.float().contiguous(), s_w, out, quantize_a=False, launch=launch)
 

@@ -6,15 +6,15 @@ bnbf = pytest.importorskip("bitsandbytes.functional")
 
 from qtutor.kernels.nf4 import dequantize_nf4_ref, nf4_matmul, nf4_matmul_bnb, nf4_ref  # noqa: E402
 from qtutor.methods.nf4 import NF4Config, QuantType4, dynamic_map, normal_float_levels, quantize_4bit  # noqa: E402
+from tolerances import RTOL as TOL, RTOL_PATHS, rel_err  # the one table (tests/kernels/tolerances.py)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (M, K, N): M=1 takes the GEMV, larger M the GEMM; K=136, 200 put 64-blocks across rows
 SHAPES = [(1, 64, 64), (1, 200, 72), (3, 200, 72), (1, 576, 192), (17, 136, 264), (70, 256, 128)]
-RTOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # relative to the output's max
+RTOL = TOL["4bit"]
 
 
-def _rel(a, b):
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+_rel = rel_err
 
 
 def _bnb(N, K, dtype, nested, quant_type="nf4", seed=0):
@@ -60,7 +60,7 @@ def test_gemv_and_gemm_agree():
     qs = _to(qs, DEVICE)
     gemv = nf4_matmul_bnb(x, packed.to(DEVICE), qs, gemv_max_m=4)
     gemm = nf4_matmul_bnb(x, packed.to(DEVICE), qs, gemv_max_m=0)
-    assert _rel(gemv, gemm) < 2e-3
+    assert _rel(gemv, gemm) < RTOL_PATHS
 
 
 def test_qtutor_nf4_state_runs_on_the_kernel():

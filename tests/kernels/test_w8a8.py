@@ -11,11 +11,11 @@ from qtutor.kernels.w8a8 import (
     w8a8_dynamic,
     w8a8_dynamic_ref,
 )
+from tolerances import RTOL as TOL, RTOL_FP8_VS_FLOAT, rel_err  # the one table (tests/kernels/tolerances.py)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(1, 64, 64), (5, 100, 70), (33, 576, 192), (17, 130, 257)]  # include sizes off the block grid
-# tolerance of the output relative to its max, per output dtype: one rounding of the final cast
-RTOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+RTOL = TOL["int8"]
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
 
@@ -23,8 +23,7 @@ def _ids(shape):
     return "x".join(map(str, shape))
 
 
-def _rel(a, b):
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+_rel = rel_err
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -95,7 +94,7 @@ def test_bad_inputs():
 FP8 = torch.float8_e4m3fn
 # fp32 sums of exact fp8 products; on an H100 the fp8 tensor cores add with fewer mantissa bits than fp32
 # (Triton's default there, like torch._scaled_mm's use_fast_accum=True): a few 1e-4 of the output's max
-RTOL_FP8 = {torch.float32: 1e-5 if DEVICE == "cpu" else 1e-3, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+RTOL_FP8 = TOL["fp8"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -132,7 +131,7 @@ def test_w8a8_fp8_dynamic(shape, dtype, fused):
     assert out.dtype == dtype
     assert _rel(out, w8a8_dynamic_ref(x, q_w, s_w)) <= RTOL_FP8[dtype]
     # and fp8 is a real approximation of the float product
-    assert _rel(out, (x.float() @ (q_w.float() * s_w[:, None]).T)) < 0.1
+    assert _rel(out, (x.float() @ (q_w.float() * s_w[:, None]).T)) < RTOL_FP8_VS_FLOAT
 
 
 def test_fp8_bad_inputs():
