@@ -63,14 +63,32 @@ def data_dir() -> Path:
     return path
 
 
-def verify_checksums() -> dict[str, bool]:
-    """``{file: matches}`` for every line of ``data/SHA256SUMS``."""
-    root = data_dir()
-    result = {}
-    for line in (root / "SHA256SUMS").read_text().splitlines():
-        digest, name = line.split()
-        result[name] = hashlib.sha256((root / name).read_bytes()).hexdigest() == digest
-    return result
+def verify_checksums(root: Path | None = None) -> dict[str, bool]:
+    """``{file: matches}`` for every line of ``SHA256SUMS`` in ``root`` (default: :func:`data_dir`).
+
+    A line is ``<64 hex digits> <name>`` (``sha256sum``'s format, ``*name`` for binary
+    mode allowed). Names are read from a file, so each must stay inside ``root``: an
+    absolute path, a ``..`` that climbs out, or a link that points out is refused with
+    the line number, before any file is read.
+    """
+    root = data_dir() if root is None else Path(root)
+    listing = root / "SHA256SUMS"
+    base = root.resolve()
+    entries = []
+    for number, line in enumerate(listing.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        digest = parts[0].lower()
+        if len(parts) != 2 or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"{listing}, line {number}: {line!r} is not '<64 hex digits> <file name>'")
+        name = parts[1].strip().removeprefix("*")
+        target = (root / name).resolve()
+        if Path(name).is_absolute() or not target.is_relative_to(base):
+            raise ValueError(f"{listing}, line {number}: {name!r} is outside {root}; a checksum list may only "
+                             "name files inside its own folder")
+        entries.append((name, digest, target))
+    return {name: hashlib.sha256(target.read_bytes()).hexdigest() == digest for name, digest, target in entries}
 
 
 def _code_text_from_stdlib(stdlib: Path) -> str:
