@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["decoder_blocks", "decoder_linears", "weight_snapshot", "fake_quantized", "replaced_linears"]
+__all__ = ["decoder_blocks", "decoder_linears", "fake_quantized", "replaced_linears"]
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
@@ -37,11 +37,6 @@ def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
         for name, mod in block.named_modules()
         if isinstance(mod, nn.Linear)
     }
-
-
-def weight_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Clones of every decoder linear weight, to restore later."""
-    return {n: m.weight.detach().clone() for n, m in decoder_linears(model).items()}
 
 
 @contextlib.contextmanager
