@@ -176,7 +176,10 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu") -> nn
         for name in linears:
             part = {k[len(name) + 1:]: get(k) for k in header if k.startswith(name + ".")}
             try:
-                module = W4A16Linear.from_tensors(layout.to_w4a16(part, n_bits, group_size), n_bits, group_size)
+                buffers = layout.to_w4a16(part, n_bits, group_size)
+                if "bias" in part:
+                    buffers["bias"] = part["bias"]
+                module = W4A16Linear.from_tensors(buffers, n_bits, group_size)
             except ValueError as e:
                 raise ValueError(f"{path}: layer {name}: {e}") from e
             parent, _, child = name.rpartition(".")

@@ -5,22 +5,19 @@ The second of the two phases (calibrate/quantize, then convert), as torchao's
 
 * ``RTNConfig``, ``NF4Config``, ``LLMInt8Config``, ``W8A8Config``, ``FP8Config``
   need no data: each linear is quantized from its own weight.
-* ``GPTQConfig`` and ``AWQConfig`` need calibration. Pass either ``results``
-  (the ``{name: QuantizedWeight}`` that :func:`qtutor.pipeline.gptq_quantize_model`
-  or :func:`~qtutor.pipeline.awq_quantize_model` returned for this model — AWQ
-  must have run on this very model, whose norms it rescaled), or ``calib`` token
-  ids: ``convert`` then runs the pipeline on a copy, and copies AWQ's rescaled
-  norms back with the modules.
+* ``GPTQConfig`` and ``AWQConfig`` need calibration, which is the pipeline's job
+  (a layer above this one): run :func:`qtutor.pipeline.gptq_quantize_model` or
+  :func:`~qtutor.pipeline.awq_quantize_model` on the model first and pass what it
+  returned as ``results`` (``{name: QuantizedWeight}``). For AWQ convert the very
+  model the pipeline ran on: AWQ folded its scales into that model's norms.
 
 Everything is checked and every new module is built before the first one is
 swapped in: an error leaves the model exactly as it was.
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 from ..config import (
@@ -76,22 +73,11 @@ def _check_results(results: dict[str, QuantizedWeight], linears: dict[str, nn.Li
                              f"the config n_bits={config.n_bits}, group_size={config.group_size}")
 
 
-def _calibrate(model: nn.Module, config: GPTQConfig | AWQConfig, calib: torch.Tensor,
-               batch_size: int) -> tuple[nn.Module, dict[str, QuantizedWeight]]:
-    from ..pipeline import awq_quantize_model, gptq_quantize_model
-
-    work = copy.deepcopy(model)  # the pipeline changes weights (and AWQ the norms) in place
-    if isinstance(config, GPTQConfig):
-        return work, gptq_quantize_model(work, calib, config, batch_size=batch_size)
-    return work, awq_quantize_model(work, calib, config, batch_size=batch_size)[0]
-
-
 def convert(model: nn.Module, config: QuantConfig, *, results: dict[str, QuantizedWeight] | None = None,
-            calib: torch.Tensor | None = None, batch_size: int = 4,
             only: Callable[[str], bool] | None = None) -> nn.Module:
     """Replace every decoder linear of ``model`` (those ``only(name)`` accepts) by ``config``'s module, in place.
 
-    Returns ``model``. ``results``/``calib``: for GPTQ and AWQ only (see the module docstring).
+    Returns ``model``. ``results``: for GPTQ and AWQ only, and needed there (see the module docstring).
     Raises ``ValueError`` — with the model untouched — for an unknown config, missing or
     mismatched results, a missing static scale, or any layer that cannot be quantized.
     """
@@ -99,11 +85,12 @@ def convert(model: nn.Module, config: QuantConfig, *, results: dict[str, Quantiz
         names = ", ".join(t.__name__ for t in MODULES)
         raise ValueError(f"config={config!r}: convert takes one of {names}")
     calibrated = isinstance(config, (GPTQConfig, AWQConfig))
-    if not calibrated and (results is not None or calib is not None):
-        raise ValueError(f"results/calib are for GPTQConfig and AWQConfig; {type(config).__name__} needs no data")
-    if calibrated and (results is None) == (calib is None):
-        raise ValueError(f"{type(config).__name__} needs exactly one of results= (the pipeline's output for this "
-                         "model) or calib= (token ids: convert runs the pipeline)")
+    if not calibrated and results is not None:
+        raise ValueError(f"results= is for GPTQConfig and AWQConfig; {type(config).__name__} quantizes each "
+                         "layer from its own weight")
+    if calibrated and results is None:
+        raise ValueError(f"{type(config).__name__} needs results= ({{name: QuantizedWeight}}, what "
+                         "qtutor.pipeline's gptq_quantize_model / awq_quantize_model returned for this model)")
     linears = {n: m for n, m in decoder_linears(model).items() if only is None or only(n)}
     if not linears:
         raise ValueError("the model has no nn.Linear left in its decoder blocks to convert (converted already?)")
@@ -115,11 +102,8 @@ def convert(model: nn.Module, config: QuantConfig, *, results: dict[str, Quantiz
         if missing:
             raise ValueError(f"static_scales has no calibrated activation scale for {missing[0]} "
                              f"({len(missing)} layers missing)")
-    source = model
-    if calib is not None:
-        source, results = _calibrate(model, config, calib, batch_size)
     if results is not None:
-        _check_results(results, {n: m for n, m in decoder_linears(source).items() if n in linears}, config)
+        _check_results(results, linears, config)
     build = _builder(config, results)
     new: dict[str, nn.Module] = {}
     for name, lin in linears.items():
@@ -128,13 +112,6 @@ def convert(model: nn.Module, config: QuantConfig, *, results: dict[str, Quantiz
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from e
     # nothing below can fail: the model changes only now
-    if source is not model:
-        skip = {f"{n}.weight" for n in linears}
-        with torch.no_grad():
-            theirs = dict(source.named_parameters())
-            for key, p in model.named_parameters():
-                if key not in skip and key in theirs:
-                    p.copy_(theirs[key])  # AWQ's rescaled norms
     for name, module in new.items():
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, module)

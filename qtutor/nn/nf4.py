@@ -53,7 +53,9 @@ class NF4Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear, config: NF4Config = NF4Config(),
                     use_kernel: bool | None = None) -> "NF4Linear":
         """Quantize ``linear``'s weight as bitsandbytes' ``quantize_4bit`` does."""
-        return cls(quantize_4bit(linear.weight.detach(), config), linear.bias, use_kernel)
+        # bitsandbytes' reference quantizer runs on the CPU; the layer goes back where the weight was
+        bias = None if linear.bias is None else linear.bias.detach().cpu()
+        return cls(quantize_4bit(linear.weight.detach().cpu(), config), bias, use_kernel).to(linear.weight.device)
 
     def state(self) -> NF4State:
         """The quantized weight as an :class:`NF4State` on the CPU (where :func:`dequantize_4bit` runs)."""

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RTNConfig
-from ..formats.layouts import pack_gptq, unpack_gptq
 from ..primitives.grid import QuantizedWeight, n_groups, rtn_grid_quantize
+from ..primitives.packing import pack, unpack
 from ._dispatch import KERNEL_DTYPES, use_kernel
 
-__all__ = ["W4A16Linear", "w4a16_kernel_linear"]
+__all__ = ["W4A16Linear", "w4a16_kernel_linear", "w4a16_torch_linear"]
 
 PACKED_BITS = (2, 4, 8)  # codes that fill an int32 word exactly
 
@@ -38,6 +38,12 @@ def w4a16_kernel_linear(x: torch.Tensor, layer: "W4A16Linear") -> torch.Tensor:
     if layer.bias is not None:
         y = y + layer.bias.to(y.dtype)
     return y.reshape(*x.shape[:-1], layer.out_features)  # (..., out)
+
+
+def w4a16_torch_linear(x: torch.Tensor, layer: "W4A16Linear") -> torch.Tensor:
+    """``x`` (..., in) of any float dtype through ``layer``'s dequantized (cached) weight, in PyTorch."""
+    bias = None if layer.bias is None else layer.bias.to(x.dtype)
+    return F.linear(x, layer.dequantized_weight(x.dtype), bias)
 
 
 class W4A16Linear(nn.Module):
@@ -88,12 +94,16 @@ class W4A16Linear(nn.Module):
     @classmethod
     def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None,
                        scale_dtype: torch.dtype = torch.float16) -> "W4A16Linear":
-        """Pack a :class:`~qtutor.primitives.QuantizedWeight` (e.g. a GPTQ or AWQ result)."""
+        """Pack a :class:`~qtutor.primitives.QuantizedWeight` (e.g. a GPTQ or AWQ result) with
+        :func:`qtutor.primitives.pack`, on the weight's device."""
         if qw.n_bits not in PACKED_BITS:
             raise ValueError(f"n_bits={qw.n_bits}: W4A16Linear packs {PACKED_BITS} bits per code")
-        packed = pack_gptq(qw, version=2)
-        return cls(packed["qweight"], packed["qzeros"], qw.scale.T.to(scale_dtype).contiguous(),  # (n_groups, out)
-                   packed["g_idx"], qw.n_bits, qw.group_size, bias)
+        # GPTQ's words: 32/b codes of consecutive inputs (qweight) or outputs (qzeros), lowest bits first
+        qweight = pack(qw.q, qw.n_bits, torch.int32).T.contiguous()  # (out, in·b/32) -> (in·b/32, out)
+        qzeros = pack(qw.zero.T.contiguous(), qw.n_bits, torch.int32)  # (n_groups, out·b/32)
+        scales = qw.scale.T.to(scale_dtype).contiguous()  # (n_groups, out)
+        return cls(qweight, qzeros, scales, qw.g_idx.to(torch.int32), qw.n_bits, qw.group_size,
+                   None if bias is None else bias.detach())
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: RTNConfig = RTNConfig(),
@@ -104,10 +114,9 @@ class W4A16Linear(nn.Module):
 
     def quantized_weight(self) -> QuantizedWeight:
         """The codes, float32 scales and zero-points, unpacked."""
-        qw = unpack_gptq({"qweight": self.qweight, "qzeros": self.qzeros, "scales": self.scales,
-                          "g_idx": self.g_idx}, self.n_bits, self.group_size, version=2)
-        qw.scale = self.scales.float().T.contiguous()  # (out, n_groups)
-        return qw
+        q = unpack(self.qweight.T.contiguous(), self.n_bits)  # (out, in)
+        zero = unpack(self.qzeros, self.n_bits)[:, : self.out_features].T.contiguous()  # (out, n_groups)
+        return QuantizedWeight(q, self.scales.float().T.contiguous(), zero, self.g_idx, self.n_bits, self.group_size)
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """``Ŵ`` (out, in) in ``dtype``, computed once per dtype and device and cached."""
@@ -116,7 +125,7 @@ class W4A16Linear(nn.Module):
         return self._dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return w4a16_kernel_linear(x, self) if use_kernel(x, supported=self.n_bits == 4) else F.linear(x, self.dequantized_weight(x.dtype), self.bias)
+        return (w4a16_kernel_linear if use_kernel(x, supported=self.n_bits == 4) else w4a16_torch_linear)(x, self)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, n_bits={self.n_bits}, "

@@ -69,8 +69,9 @@ def test_gptq_files_load_without_repacking(quantized, tmp_path, monkeypatch, fmt
     def no_repacking(*a, **k):
         raise AssertionError("pack_gptq called while loading a GPTQ checkpoint")
 
-    for module in (layouts, registry, nn_w4a16):
+    for module in (layouts, registry):
         monkeypatch.setattr(module, "pack_gptq", no_repacking)
+    monkeypatch.setattr(nn_w4a16, "pack", no_repacking)
     loaded = load_quantized(folder)
     stored = load_file(str(folder / "model.safetensors"))
     name = "model.layers.1.mlp.down_proj"
@@ -209,3 +210,16 @@ def test_saving_into_a_folder_with_other_files_is_refused(quantized, tmp_path):
     with pytest.raises(ValueError, match=r"holds files that are not part of a checkpoint \(tokenizer.json\)"):
         save_quantized(model, results, tmp_path / "mine", "gptq")
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["tokenizer.json"]
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_biases_travel(tmp_path, fmt):
+    model = make_tiny_llama(attention_bias=True, mlp_bias=True)
+    with torch.no_grad():
+        for lin in decoder_linears(model).values():
+            lin.bias.normal_()
+    results = {n: rtn_grid_quantize(m.weight.detach(), 4, 32) for n, m in decoder_linears(model).items()}
+    loaded = load_quantized(save_quantized(model, results, tmp_path / fmt, fmt))
+    assert torch.equal(loaded.get_submodule(Q).bias, model.get_submodule(Q).bias)
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, _fake(model, results, torch.float16)(IDS).logits)

@@ -11,7 +11,7 @@ from qtutor.config import (
 )
 from qtutor.model import decoder_linears
 from qtutor.nn import MODULES, convert
-from qtutor.pipeline import gptq_quantize_model
+from qtutor.pipeline import awq_quantize_model, gptq_quantize_model
 
 # relative logit error of each converted model vs float: loose bounds that a wrong module would miss
 CONFIGS = [
@@ -52,36 +52,19 @@ def test_convert_each_config(tiny_llama, tiny_ids, config, tol):
     assert _rel(got, want) < tol
 
 
-def test_convert_gptq_from_results_and_from_calib(tiny_llama, tiny_ids):
-    config = GPTQConfig(4, 32)
-    calib = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(1))
-    quantized = copy.deepcopy(tiny_llama)
-    results = gptq_quantize_model(quantized, calib, config, batch_size=2)  # dequantized in place
-    a = convert(copy.deepcopy(tiny_llama), config, results=results)
-    b = convert(copy.deepcopy(tiny_llama), config, calib=calib, batch_size=2)
-    with torch.no_grad():
-        want = quantized(tiny_ids).logits  # the GPTQ weights as float: scales in fp16 make the only difference
-        la, lb = a(tiny_ids).logits, b(tiny_ids).logits
-    assert torch.equal(la, lb)
-    assert _rel(la, want) < 1e-2
-
-
-def test_convert_awq_from_calib_copies_the_rescaled_norms(tiny_llama, tiny_ids):
-    from qtutor.pipeline import awq_quantize_model
-
-    config = AWQConfig(4, 32, n_grid=4)
+@pytest.mark.parametrize("config", [GPTQConfig(4, 32), GPTQConfig(4, 32, act_order=True), AWQConfig(4, 32, n_grid=4)],
+                         ids=["gptq", "gptq-act-order", "awq"])
+def test_convert_after_the_pipeline(tiny_llama, tiny_ids, config):
+    """Two phases: the pipeline quantizes in place (AWQ also folds scales into the norms), convert packs."""
     with torch.no_grad():
         tiny_llama.model.embed_tokens.weight[:, 3] *= 30  # an outlier channel, so that AWQ scales (α > 0)
     calib = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(1))
-    reference = copy.deepcopy(tiny_llama)
-    awq_quantize_model(reference, calib, config, batch_size=2)
-    model = convert(copy.deepcopy(tiny_llama), config, calib=calib, batch_size=2)
-    norm = "model.layers.0.input_layernorm.weight"
-    assert not torch.equal(reference.get_parameter(norm), tiny_llama.get_parameter(norm))  # AWQ folded scales here
-    assert torch.equal(model.get_parameter(norm), reference.get_parameter(norm))
+    run = gptq_quantize_model if isinstance(config, GPTQConfig) else lambda *a, **k: awq_quantize_model(*a, **k)[0]
+    results = run(tiny_llama, calib, config, batch_size=2)  # tiny_llama now holds the dequantized weights
     with torch.no_grad():
-        got, want = model(tiny_ids).logits, reference(tiny_ids).logits  # fp16 scales: the only difference
-    assert _rel(got, want) < 1e-2
+        want = tiny_llama(tiny_ids).logits
+        got = convert(tiny_llama, config, results=results)(tiny_ids).logits
+    assert _rel(got, want) < 1e-2  # fp16 scales in the packed layers: the only difference
 
 
 def test_public_entry_point():
@@ -91,8 +74,8 @@ def test_public_entry_point():
 @pytest.mark.parametrize("call, match", [
     (lambda m: convert(m, "gptq"), r"config='gptq': convert takes one of RTNConfig"),
     (lambda m: convert(m, RTNConfig(3, 32)), r"n_bits=3: W4A16Linear packs \(2, 4, 8\)"),
-    (lambda m: convert(m, GPTQConfig(4, 32)), r"needs exactly one of results= .* or calib="),
-    (lambda m: convert(m, NF4Config(), calib=torch.zeros(1, 4, dtype=torch.long)), r"needs no data"),
+    (lambda m: convert(m, GPTQConfig(4, 32)), r"GPTQConfig needs results="),
+    (lambda m: convert(m, NF4Config(), results={}), r"results= is for GPTQConfig and AWQConfig"),
     (lambda m: convert(m, W8A8Config({"model.layers.0.self_attn.q_proj": 0.1})), r"no calibrated activation scale"),
     (lambda m: convert(m, GPTQConfig(4, 32), results={}), r"no quantized weight for 14 decoder linears"),
 ], ids=["string", "3-bit", "gptq-no-data", "data-not-needed", "missing-scale", "empty-results"])
