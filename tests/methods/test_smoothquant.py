@@ -37,3 +37,20 @@ def test_bad_input():
         smoothing_scales(torch.ones(4), [torch.ones(2, 4)], alpha=1.5)
     with pytest.raises(ValueError, match="input channels"):
         smoothing_scales(torch.ones(4), [torch.ones(2, 5)])
+
+
+@pytest.mark.parametrize("act, match", [
+    (torch.tensor([1.0, float("nan"), 1.0, 1.0]), "NaN or Inf: the calibration activations"),
+    (torch.tensor([1.0, float("inf"), 1.0, 1.0]), "NaN or Inf"),
+    (torch.tensor([1.0, -2.0, 1.0, 1.0]), "negative entries"),
+    (torch.ones(2, 2), "1-D float tensor"),
+    (torch.ones(4, dtype=torch.int32), "1-D float tensor"),
+], ids=["nan", "inf", "negative", "2-D", "int"])
+def test_bad_statistics_are_refused(act, match):
+    with pytest.raises(ValueError, match=match):
+        smoothing_scales(act, [torch.ones(2, 4)], name="act_absmax[q]")
+
+
+def test_nan_alpha_is_refused():
+    with pytest.raises(ValueError, match="alpha=nan"):
+        smoothing_scales(torch.ones(4), [torch.ones(2, 4)], alpha=float("nan"))
