@@ -41,8 +41,13 @@ def _f16_bytes(v: np.ndarray) -> np.ndarray:
 
 
 def _signed_extreme(x: np.ndarray) -> np.ndarray:
-    """The value of largest magnitude, with its sign (the first one on ties), shape (n, 1)."""
-    return np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)
+    """The value of largest magnitude, with its sign (the first one on ties), shape (n, 1).
+
+    llama.cpp starts its running extreme at +0.0 and replaces it only on a strictly larger
+    magnitude, so a block of zeros (−0.0 included) has extreme +0.0 and scale 0.0 / −8 = −0.0;
+    adding +0.0 turns a −0.0 extreme into +0.0 and leaves every other value as it is.
+    """
+    return np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1) + np.float32(0.0)
 
 
 def _nibbles(q: np.ndarray) -> np.ndarray:

@@ -136,8 +136,6 @@ def test_legacy_byte_identical_to_llama_cpp(llama_cpp_ref, real_weights, name):
     assert np.array_equal(ours, ref), _first_difference(ours, ref)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="qtutor bug, reported: a block of -0.0 gets d = +0.0 (f16 0x0000); llama.cpp "
-                   "starts max at +0.0, so d = 0.0 / -8 = -0.0 (0x8000). Decodes the same; bytes differ")
 @pytest.mark.parametrize("name", ["Q4_0", "Q5_0"])
 def test_negative_zero_block_like_llama_cpp(llama_cpp_ref, name):
     from qtutor.gguf import quantize_blocks
