@@ -50,3 +50,18 @@ def test_calibrated_methods_run_on_a_copy(config):
     lin = decoder_linears(q)["model.layers.0.mlp.up_proj"].weight
     assert not torch.equal(lin, before["model.layers.0.mlp.up_proj.weight"])
     assert torch.unique(lin[0, :32]).numel() <= 16  # one group: at most 2⁴ levels
+
+
+@pytest.mark.parametrize("config, label", [(RTNConfig(3, 32), "RTN"), (GPTQConfig(4, 32, act_order=True), "GPTQ act-order")],
+                         ids=["rtn", "gptq-act-order"])
+def test_row_carries_the_tables_label_and_format(monkeypatch, config, label):
+    """The row notebooks 07 and 08 show: its method label and format come from the config alone."""
+    from qtutor.pipeline import compare
+
+    monkeypatch.setattr(compare, "perplexity", lambda model, tok, cfg: 12.5)
+    monkeypatch.setattr(compare, "logit_agreement", lambda model, ref: {"kl": 0.1, "top1": 0.9})
+    calib = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    row = compare.weight_only_row(_tiny(), None, config, calib, reference=None, eval_config=None, batch_size=2)
+    assert row["method"] == label and row["format"] == f"W{config.n_bits} g32"
+    assert (row["n_bits"], row["group_size"], row["perplexity"]) == (config.n_bits, 32, 12.5)
+    assert row["bits_per_weight"] == pytest.approx(config.n_bits + (16 + config.n_bits) / 32)
