@@ -110,7 +110,7 @@ def _check_file(path: Path, header: dict[str, TensorInfo], model: nn.Module, lay
         why = (f"{layout.name}, {n_bits}-bit, group_size={group_size}, for a ({lin.out_features}, "
                f"{lin.in_features}) layer as the config says")
         spec = layout.expected(lin.out_features, lin.in_features, n_bits, group_size, symmetric)
-        if lin.bias is not None:
+        if lin.bias is not None or f"{name}.bias" in header:  # AutoGPTQ stores a (zero) bias for every layer
             spec["bias"] = (_FLOATS, (lin.out_features,))
         for part, (dtypes, shape) in spec.items():
             _check_tensor(path, f"{name}.{part}", header.get(f"{name}.{part}"), dtypes, shape, why)

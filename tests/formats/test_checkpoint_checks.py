@@ -223,3 +223,17 @@ def test_biases_travel(tmp_path, fmt):
     assert torch.equal(loaded.get_submodule(Q).bias, model.get_submodule(Q).bias)
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, _fake(model, results, torch.float16)(IDS).logits)
+
+
+def test_a_stored_bias_is_accepted_and_checked(quantized, folder):
+    """AutoGPTQ writes a zero bias for every layer, also for models without biases: read it, check its shape."""
+    model, results = quantized
+    tensors = _tensors(folder)
+    tensors[f"{Q}.bias"] = torch.zeros(64)
+    _rewrite(folder, tensors)
+    with torch.no_grad():
+        assert torch.equal(load_quantized(folder)(IDS).logits, _fake(model, results, torch.float16)(IDS).logits)
+    tensors[f"{Q}.bias"] = torch.zeros(63)
+    _rewrite(folder, tensors)
+    with pytest.raises(ValueError, match=rf"tensor '{Q}.bias' is float32 \(63,\), expected"):
+        load_quantized(folder)
