@@ -85,6 +85,10 @@ def gptq_grid_params(w: torch.Tensor, n_bits: int, symmetric: bool) -> tuple[tor
     empty = (xmin == 0) & (xmax == 0)
     xmin, xmax = torch.where(empty, -1.0, xmin), torch.where(empty, 1.0, xmax)
     scale = (xmax - xmin) / maxq
+    if not bool(torch.isfinite(scale).all()):  # finite w whose range max − min overflows float32
+        r = int((~torch.isfinite(scale)).nonzero()[0])
+        raise ValueError(f"row {r}: the range [{float(xmin[r]):.3g}, {float(xmax[r]):.3g}] overflows float32, so the "
+                         "grid's scale would be Inf; rescale the weights")
     zero = torch.full_like(scale, (maxq + 1) / 2) if symmetric else torch.round(-xmin / scale)
     return scale.unsqueeze(1), zero.unsqueeze(1)
 
@@ -238,8 +242,9 @@ class GPTQ:
                 Err1[:, i] = err
             Q[:, i1:i2] = Q1
             W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        ends = (scales * (0 - zeros), scales * (maxq - zeros))  # the grid's end points, as dequantize computes them
         if not (bool(torch.isfinite(Q).all()) and bool(torch.isfinite(scales).all())
-                and bool(torch.isfinite(zeros).all())):
+                and bool(torch.isfinite(zeros).all()) and all(bool(torch.isfinite(e).all()) for e in ends)):
             raise ValueError(f"{self.name}: GPTQ's updated weights or its grid overflow float32 (the weight's range "
                              "and the error compensation are too large); nothing was written")
         position = torch.arange(columns, device=W.device)
