@@ -18,11 +18,29 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.w8a8 import FP8, quantize_per_token_ref
+__all__ = ["FP8", "FP8_MAX", "quantize_fp8", "quantize_rows_fp8", "fp8_matmul_ref", "fp8_linear"]
 
-__all__ = ["FP8", "FP8_MAX", "quantize_fp8", "fp8_matmul_ref", "fp8_linear"]
-
+FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
+# below about 448 / 3.4e38 = 1.3e-36 the quotient 448 / max overflows float32 (to inf, and 0 · inf = NaN);
+# a row whose maximum is smaller is scaled as if its maximum were 2⁻¹¹⁹ (1.5e-36): a scale a little too large
+# for it (fewer levels used), never a NaN code
+_MIN_AMAX = 2.0**-119
+
+
+def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (rows, K) float -> e4m3 codes (rows, K) and scales (rows,) float32, one absmax scale per row.
+
+    The arithmetic of :func:`qtutor.kernels.w8a8.quantize_per_token_ref` (``x · (448 / max|x|)``, the
+    quotient correctly rounded), except that a row whose maximum is below 2⁻¹¹⁹ is scaled as if it were
+    2⁻¹¹⁹: ``448 / max`` would overflow and turn its zeros into NaN. No check of ``x`` (run per forward).
+    """
+    xf = x.float()
+    amax = xf.abs().amax(dim=1)  # (rows,)
+    amax = torch.where(amax > 0, amax.clamp(min=_MIN_AMAX), amax)
+    inv = torch.where(amax > 0, torch.full_like(amax, FP8_MAX) / amax, torch.zeros_like(amax))
+    q = (xf * inv[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)  # the cast rounds to nearest, ties to even
+    return q, amax / torch.full_like(amax, FP8_MAX)
 
 
 def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +49,7 @@ def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"w must be a 2-D float tensor (rows, K), got {w.dtype} {tuple(w.shape)}")
     if not torch.isfinite(w).all():
         raise ValueError("w contains NaN or Inf: its fp8 scale would be NaN")
-    return quantize_per_token_ref(w, FP8)
+    return quantize_rows_fp8(w)
 
 
 def fp8_matmul_ref(q_x: torch.Tensor, s_x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
@@ -48,7 +66,7 @@ def fp8_linear(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, bias: torc
     :func:`fp8_matmul_ref`.
     """
     x2 = x.reshape(-1, x.shape[-1])  # (tokens, K)
-    q_x, s_x = quantize_per_token_ref(x2, FP8)  # (tokens, K) e4m3, (tokens,)
+    q_x, s_x = quantize_rows_fp8(x2)  # (tokens, K) e4m3, (tokens,)
     if scaled_mm:
         # row-wise scales need a bf16 output in torch._scaled_mm; the second operand column-major
         y = torch._scaled_mm(q_x, q_w.T, scale_a=s_x.view(-1, 1), scale_b=s_w.float().view(1, -1),
