@@ -1,7 +1,8 @@
 """llama.cpp's reference quantizers, compiled from the source package the notebooks cite.
 
 The ``llama_cpp_ref`` fixture gives ``quantize(x, name)``: llama.cpp's own
-``quantize_row_<type>_ref`` over float32 blocks, through ``harness/kquant_ref.c``
+``quantize_row_<type>_ref`` over float32 blocks, and ``quantize_weighted(x, imatrix, name)``:
+its ``quantize_<type>`` with an importance matrix, through ``harness/kquant_ref.c``
 compiled with ``vendor/llama.cpp/ggml/src/ggml-quants.c`` of llama-cpp-python 0.3.36.
 
 Where the source package comes from, in order:
@@ -136,6 +137,24 @@ class LlamaCppReference:
         fn.restype = None
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         fn(x.ctypes.data, out.ctypes.data, x.size)
+        return out
+
+    def quantize_weighted(self, x: np.ndarray, imatrix: np.ndarray, name: str) -> np.ndarray:
+        """(n_rows, n_per_row) float32 with importances (n_per_row,) -> (n_rows, row bytes) uint8.
+
+        llama.cpp's ``quantize_<type>(src, dst, nrow, n_per_row, quant_weights)``, the call
+        ``llama-quantize --imatrix`` makes for each chunk of rows.
+        """
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        qw = np.ascontiguousarray(imatrix, dtype=np.float32)
+        assert x.ndim == 2 and qw.shape == (x.shape[1],)
+        per_block = 256 if name.endswith("_K") else 32
+        out = np.zeros((x.shape[0], x.shape[1] // per_block * self.block_size(name)), dtype=np.uint8)
+        fn = getattr(self.lib, f"quantize_{name.lower().replace('_k', '_K')}")
+        fn.restype = ctypes.c_size_t
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        written = fn(x.ctypes.data, out.ctypes.data, x.shape[0], x.shape[1], qw.ctypes.data)
+        assert written == out.size, (written, out.size)
         return out
 
 

@@ -9,10 +9,12 @@
  *
  * The library then exports llama.cpp's own
  *     void quantize_row_<type>_ref(const float * x, block_<type> * y, int64_t k);
- * for q4_0, q4_1, q5_0, q5_1, q8_0 and q2_K ... q6_K, which the test calls through
- * ctypes. This file adds only what ggml-quants.c links against from the rest of
- * ggml (ggml.c is not compiled): ggml_abort, and three type-table queries that the
- * reference row quantizers never call (they abort if anything does), plus
+ * for q4_0, q4_1, q5_0, q5_1, q8_0 and q2_K ... q6_K, and the importance-matrix entry points
+ *     size_t quantize_<type>(const float * src, void * dst, int64_t nrow, int64_t n_per_row,
+ *                            const float * quant_weights);
+ * which the tests call through ctypes. This file adds only what ggml-quants.c links against from the rest of
+ * ggml (ggml.c is not compiled): ggml_abort, ggml_row_size for the ten types above, and two
+ * type-table queries that nothing here calls (they abort if anything does), plus
  * qtutor_block_size() so the test can check its block sizes against the C structs.
  *
  * -ffp-contract=off: no fused multiply-adds, as on a baseline x86-64 build; with
@@ -37,10 +39,23 @@ void ggml_abort(const char * file, int line, const char * fmt, ...) {
     abort();
 }
 
-/* Used only by the importance-matrix and validation paths of ggml-quants.c. */
+/* Row bytes of the types the harness quantizes: quantize_<type>() (the importance-matrix path) asks for it. */
 size_t ggml_row_size(enum ggml_type type, int64_t ne) {
-    (void) type; (void) ne;
-    ggml_abort(__FILE__, __LINE__, "ggml_row_size is not part of the harness");
+    switch (type) {
+        case GGML_TYPE_Q4_0: return sizeof(block_q4_0) * (ne / QK4_0);
+        case GGML_TYPE_Q4_1: return sizeof(block_q4_1) * (ne / QK4_1);
+        case GGML_TYPE_Q5_0: return sizeof(block_q5_0) * (ne / QK5_0);
+        case GGML_TYPE_Q5_1: return sizeof(block_q5_1) * (ne / QK5_1);
+        case GGML_TYPE_Q8_0: return sizeof(block_q8_0) * (ne / QK8_0);
+        case GGML_TYPE_Q2_K: return sizeof(block_q2_K) * (ne / QK_K);
+        case GGML_TYPE_Q3_K: return sizeof(block_q3_K) * (ne / QK_K);
+        case GGML_TYPE_Q4_K: return sizeof(block_q4_K) * (ne / QK_K);
+        case GGML_TYPE_Q5_K: return sizeof(block_q5_K) * (ne / QK_K);
+        case GGML_TYPE_Q6_K: return sizeof(block_q6_K) * (ne / QK_K);
+        default: break;
+    }
+    ggml_abort(__FILE__, __LINE__, "ggml_row_size: type %d is not part of the harness", (int) type);
+    return 0;
 }
 
 size_t ggml_type_size(enum ggml_type type) {
