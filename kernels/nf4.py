@@ -1,4 +1,4 @@
-"""NF4: fp16/bf16 activations × 4-bit NormalFloat weights in the bitsandbytes layout.
+"""NF4: fp16/bf16/fp32 activations × 4-bit NormalFloat weights in the bitsandbytes layout.
 
     y[m, n] = Σ_k x[m, k] · code[c(n, k)] · absmax[(n·K + k) // blocksize]
 
@@ -16,6 +16,13 @@ The kernel reads the bytes as int32 words (8 codes of one row), and, like
 ``w4a16.py``, takes the j-th code of every word of a tile in turn; the 16-level
 table is a gather from a 64-byte array that stays in L1. File order: PyTorch
 reference, Triton kernels, launcher.
+
+Activations may be float16, bfloat16 or float32, as bitsandbytes' ``matmul_4bit``
+computes in its input's dtype (``Linear4bit``'s default compute dtype is float32):
+the dequantized weight is rounded to ``x``'s dtype and the products summed in
+float32 (float32 tiles multiply in IEEE float32, not TF32). Other dtypes are a
+``ValueError`` (:func:`check_activations`, which ``qtutor.methods.nf4`` runs on its
+PyTorch path too).
 """
 from __future__ import annotations
 
@@ -26,9 +33,24 @@ import triton.language as tl
 from ._launch import check, dot_in_fp32, pick, split_k, split_k_buffers, split_k_result, store_tile, tile_grid
 from .w4a16 import x_by_nibble
 
-__all__ = ["dequantize_nf4_ref", "nf4_ref", "nf4_matmul", "nf4_matmul_bnb"]
+__all__ = ["dequantize_nf4_ref", "nf4_ref", "nf4_matmul", "nf4_matmul_bnb", "check_activations"]
 
-_ACT_DTYPES = (torch.float16, torch.bfloat16)
+_ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _check_dtype(x: torch.Tensor) -> None:
+    check(x.dtype in _ACT_DTYPES, f"x has dtype {x.dtype}: expected float16, bfloat16 or float32")
+
+
+def check_activations(x: torch.Tensor, in_features: int) -> None:
+    """``x`` (..., ``in_features``) float16, bfloat16 or float32, else ``ValueError`` naming ``x``.
+
+    The activation checks of :func:`nf4_matmul` for a layer's (..., K) input, shared with
+    ``qtutor.methods.nf4.nf4_linear``'s PyTorch path so that both paths refuse the same inputs.
+    """
+    _check_dtype(x)
+    check(x.ndim >= 1 and x.shape[-1] == in_features,
+          f"x has shape {tuple(x.shape)}: its last dimension must be the weight's in_features={in_features}")
 
 
 # ---------------------------------------------------------------- reference
@@ -191,8 +213,8 @@ def _nf4_gemm_kernel(
                               DQ_BLOCKSIZE, DOUBLE_QUANT)
         levels = tl.load(code_ptr + ((words[:, :, None] >> shifts[None, None, :]) & 0xF))  # (BLOCK_N, R, 8)
         w = tl.reshape(levels * scale[:, :, None], (BLOCK_N, BLOCK_K)).to(x.dtype)  # rounded once, as bitsandbytes
-        if DOT_FP32:  # the interpreter only: its bf16 x bf16 tl.dot is wrong (triton 3.8)
-            acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
+        if DOT_FP32:  # fp32 x (IEEE products, not TF32), or bf16 in the interpreter (its bf16 tl.dot is wrong)
+            acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         else:
             acc += tl.dot(x, tl.trans(w))
     store_tile(acc, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, M, N, stride_om, pid_m * tl.num_programs(1) + pid_n,
@@ -215,7 +237,7 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
                blocksize: int = 64, absmax_code: torch.Tensor | None = None, absmax2: torch.Tensor | None = None,
                offset: torch.Tensor | None = None, dq_blocksize: int = 256, gemv_max_m: int = 1,
                gemv: dict | None = None, gemm: dict | None = None) -> torch.Tensor:
-    """``x`` (M, K) fp16/bf16 @ the NF4 weight (``out_features``, K)ᵀ -> (M, out_features) in ``x.dtype``.
+    """``x`` (M, K) fp16/bf16/fp32 @ the NF4 weight (``out_features``, K)ᵀ -> (M, out_features) in ``x.dtype``.
 
     ``absmax`` float32 (one per block), or uint8 codes with ``absmax_code``,
     ``absmax2`` and ``offset`` when double-quantized. ``code``: the 16 levels
@@ -224,7 +246,7 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
     argument); M = 0 returns an empty (0, out_features) result without a launch.
     """
     gemv = {**GEMV, **(gemv or {})}
-    check(x.dtype in _ACT_DTYPES, f"x must be float16 or bfloat16, got {x.dtype}")
+    _check_dtype(x)
     check(x.ndim == 2 and x.stride(1) == 1, f"x must be 2-D (M, K) and contiguous along K, got {tuple(x.shape)}")
     M, K = x.shape
     N = out_features
@@ -284,7 +306,7 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
     _nf4_gemm_kernel[grid](
         x, words, absmax, code, absmax_code, absmax2, offset, out, ws, cnt, M, N, K, k_per, split, one,
         x.stride(0), out.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=gemm["block_n"], BLOCK_K=BLOCK_K, **common,
-        DOT_FP32=dot_in_fp32(x), num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
+        DOT_FP32=dot_in_fp32(x) or x.dtype == torch.float32, num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
     )
     return split_k_result(out, ws, one)
 

@@ -15,6 +15,10 @@ The file holds, in order: the PyTorch references, the Triton kernels, the
 launchers.  Rounding everywhere is round-half-to-even, written out with
 ``floor`` so that it behaves the same compiled and in the interpreter, and
 activations are scaled as ``x · (127 / max|x|)`` like bitsandbytes does.
+A row whose max |x| is below :data:`MIN_AMAX` (2⁻¹¹⁹, about 1.5e-36) is scaled as if
+its max were 2⁻¹¹⁹: ``127 / max|x|`` or ``448 / max|x|`` would overflow float32 to
+inf, giving int8 codes of ±127 for every nonzero entry and fp8 NaN codes (0 · inf).
+The floored scale is a little too large for such a row (fewer levels used), never wrong.
 """
 from __future__ import annotations
 
@@ -33,20 +37,32 @@ __all__ = [
     "fp8_matmul",
     "w8a8_dynamic",
     "FP8",
+    "MIN_AMAX",
+    "check_operands",
 ]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 FP8 = torch.float8_e4m3fn
 _QMAX = {torch.int8: 127.0, FP8: 448.0}
+# below 448 / 3.4e38 ≈ 1.3e-36 (int8: 127 / 3.4e38) the quotient qmax / max|x| overflows float32; a smaller
+# (nonzero) row max is raised to 2⁻¹¹⁹, the floor of qtutor.methods.fp8 (an exact float32, so the kernels'
+# literal and the reference's agree)
+MIN_AMAX = 2.0**-119
+_MIN_AMAX = tl.constexpr(MIN_AMAX)
 
 
 # ---------------------------------------------------------------- references
 
 def quantize_per_token_ref(x: torch.Tensor, dtype: torch.dtype = torch.int8) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` (M, K) float -> codes (M, K) ``dtype`` (int8 or fp8 e4m3) and scales (M,) float32, ``x ≈ q · s``."""
+    """``x`` (M, K) float -> codes (M, K) ``dtype`` (int8 or fp8 e4m3) and scales (M,) float32, ``x ≈ q · s``.
+
+    ``q = round(x · (qmax / max|x|))``, ``s = max|x| / qmax``, with ``max|x|`` raised to
+    :data:`MIN_AMAX` in a nonzero row whose max is smaller (an all-zero row keeps ``s = 0``).
+    """
     qmax = _QMAX[dtype]
     xf = x.float()
-    amax = xf.abs().amax(dim=1)
+    amax = xf.abs().amax(dim=1) if xf.shape[1] else xf.new_zeros(xf.shape[0])  # (M,); K = 0: max|x| = 0
+    amax = torch.where(amax > 0, amax.clamp(min=MIN_AMAX), amax)  # see MIN_AMAX: qmax / amax stays finite
     # full_like(…)/amax, not 127.0/amax: torch computes scalar/tensor as a reciprocal times
     # the scalar, which is not correctly rounded and would differ from the kernel at ties
     inv = torch.where(amax > 0, torch.full_like(amax, qmax) / amax, torch.zeros_like(amax))
@@ -127,6 +143,7 @@ def _quantize_per_token_kernel(
         x = tl.load(x_ptr + row * stride_xm + k + offs, mask=k + offs < K, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(x))
     m = tl.max(amax, axis=0)
+    m = tl.where(m > 0, tl.maximum(m, _MIN_AMAX), m)  # see MIN_AMAX: QMAX / m stays finite
     # div_rn: IEEE division; a plain "/" compiles to an approximate divide on the GPU
     inv = tl.where(m > 0, tl.math.div_rn(tl.full((), QMAX, tl.float32), m), 0.0).to(tl.float32)
     tl.store(s_ptr + row, tl.math.div_rn(m, tl.full((), QMAX, tl.float32)))
@@ -160,6 +177,7 @@ def _int8_matmul_kernel(
         for k in range(0, K, BLOCK_K):
             a = tl.load(a_ptrs + k * stride_ak, mask=(offs_m[:, None] < M) & (offs_k[None, :] + k < K), other=0.0)
             amax = tl.maximum(amax, tl.max(tl.abs(a.to(tl.float32)), axis=1))
+        amax = tl.where(amax > 0, tl.maximum(amax, _MIN_AMAX), amax)  # see MIN_AMAX
         inv = tl.where(amax > 0, tl.math.div_rn(tl.full((BLOCK_M,), QMAX, tl.float32), amax), 0.0)
         sa = tl.math.div_rn(amax, tl.full((BLOCK_M,), QMAX, tl.float32))
     else:
@@ -207,6 +225,17 @@ def _check_weight(q_w: torch.Tensor, s_w: torch.Tensor, K: int) -> None:
     check(q_w.shape[1] == K, f"q_w has K={q_w.shape[1]} but the activations have K={K}")
     check(s_w.shape == (q_w.shape[0],) and s_w.is_floating_point(),
           f"s_w must have shape ({q_w.shape[0]},) and a float dtype, got {s_w.dtype} {tuple(s_w.shape)}")
+
+
+def check_operands(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor) -> None:
+    """Activations ``x`` (..., K) float16/bfloat16/float32, codes ``q_w`` (N, K), scales ``s_w`` (N,) float.
+
+    :func:`w8a8_dynamic`'s checks (it also needs ``x`` 2-D); ``qtutor.methods.w8a8`` runs them on its
+    PyTorch path too, so both paths refuse the same inputs with the same ``ValueError``.
+    """
+    check(x.dtype in _FLOATS, f"x has dtype {x.dtype}: expected float16, bfloat16 or float32")
+    check(x.ndim >= 1, "x must have at least one dimension (..., K), got a scalar")
+    _check_weight(q_w, s_w, x.shape[-1])
 
 
 # launch parameters by M (the first bucket whose "max_m" holds M), chosen for int8 on an H100 with
@@ -271,8 +300,7 @@ def w8a8_dynamic(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, launch: 
     (``benchmarks/results/kernels_h100.json``). Both give the same codes and scales.
     """
     check(x.ndim == 2, f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
-    check(x.dtype in _FLOATS, f"x has dtype {x.dtype}: expected float16, bfloat16 or float32")
-    _check_weight(q_w, s_w, x.shape[1])
+    check_operands(x, q_w, s_w)
     out = torch.empty((x.shape[0], q_w.shape[0]), dtype=x.dtype, device=x.device)
     if not fused:
         q_x, s_x = quantize_per_token(x.contiguous(), q_w.dtype)

@@ -222,11 +222,18 @@ def nf4_linear(x: torch.Tensor, state: NF4State, bias: torch.Tensor | None = Non
                levels: torch.Tensor | None = None, absmax_code: torch.Tensor | None = None) -> torch.Tensor:
     """``x`` (..., in) through the 4-bit weight of ``state`` (out, in) -> (..., out) in ``x.dtype``.
 
-    ``kernel=True`` runs :func:`qtutor.kernels.nf4.nf4_matmul` on the packed codes (fp16/bf16 ``x``;
-    ``levels`` and ``absmax_code`` on ``x``'s device save rebuilding them); otherwise the weight is
-    dequantized (on the CPU, as bitsandbytes' reference) and multiplied in PyTorch.
+    ``kernel=True`` runs :func:`qtutor.kernels.nf4.nf4_matmul` on the packed codes (``levels`` and
+    ``absmax_code`` on ``x``'s device save rebuilding them); otherwise the weight is dequantized (on
+    the CPU, as bitsandbytes' reference) and multiplied in PyTorch in the weight's dtype.
+    Both paths take ``x`` float16, bfloat16 or float32 — bitsandbytes' ``matmul_4bit`` takes any
+    float (``Linear4bit`` computes in float32 by default) — and refuse other dtypes and a last
+    dimension other than ``in`` with the kernel's ``ValueError``
+    (:func:`qtutor.kernels.nf4.check_activations`); no tokens give an empty (..., 0, out) result.
     """
+    from ..kernels.nf4 import check_activations
+
     out_features, in_features = state.shape
+    check_activations(x, in_features)  # the kernel path's checks, on every path
     x2 = x.reshape(-1, in_features)  # (tokens, in)
     if kernel:
         from ..kernels.nf4 import nf4_matmul

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..primitives.intmm import int8_mm
-from ..kernels.w8a8 import int8_matmul, quantize_per_token_ref, w8a8_dynamic
+from ..kernels.w8a8 import check_operands, int8_matmul, quantize_per_token_ref, w8a8_dynamic
 
 __all__ = [
     "ActQuant",
@@ -61,7 +61,10 @@ def w8a8_linear(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, act: ActQ
     """``x`` (..., K) float through the int8 weight ``q_w`` (N, K), plus ``bias``; output (..., N) in ``x.dtype``.
 
     ``kernel``: run the Triton kernels of :mod:`qtutor.kernels.w8a8` (None: when ``x`` is on a GPU);
-    otherwise the same integer arithmetic in PyTorch (:func:`qtutor.primitives.int8_mm`).
+    otherwise the same integer arithmetic in PyTorch (:func:`qtutor.primitives.int8_mm`). Both paths
+    check the operands the same way (the kernels' :func:`~qtutor.kernels.w8a8.check_operands`: ``x``
+    float16/bfloat16/float32 with ``q_w``'s K, ``q_w`` int8, ``s_w`` float (N,)), raising ``ValueError``;
+    no tokens (``x`` of shape (..., 0, K)) give an empty (..., 0, N) result.
     """
     kernel = x.is_cuda if kernel is None else kernel
     y = _w8a8_matmul(x, q_w, s_w, act, kernel)
@@ -69,9 +72,13 @@ def w8a8_linear(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, act: ActQ
 
 
 def _w8a8_matmul(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, act: ActQuant, kernel: bool) -> torch.Tensor:
+    check_operands(x, q_w, s_w)  # the kernel path's checks, on every path
+    if q_w.dtype != torch.int8:  # the kernels also take fp8 codes; FP8 layers run qtutor.methods.fp8
+        raise ValueError(f"q_w has dtype {q_w.dtype}: W8A8 multiplies int8 codes (fp8: qtutor.methods.fp8)")
+    N = q_w.shape[0]
     x2 = x.reshape(-1, x.shape[-1])  # (tokens, K)
     if kernel and act.static_scale is None:
-        return w8a8_dynamic(x2.contiguous(), q_w, s_w).reshape(*x.shape[:-1], -1)
+        return w8a8_dynamic(x2.contiguous(), q_w, s_w).reshape(*x.shape[:-1], N)  # (..., N): N, not -1, for 0 tokens
     if act.static_scale is None:
         q_x, s_x = quantize_per_token_ref(x2)
     else:
@@ -82,4 +89,4 @@ def _w8a8_matmul(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, act: Act
         y = int8_matmul(q_x, q_w, s_x, s_w, out_dtype=torch.float32)
     else:
         y = int8_mm(q_x, q_w.T).float() * s_x[:, None] * s_w[None, :]
-    return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+    return y.to(x.dtype).reshape(*x.shape[:-1], N)  # (..., N)

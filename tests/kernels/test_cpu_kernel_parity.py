@@ -1,13 +1,16 @@
-"""The CPU path and the kernel path of W8A8, NF4 and LLM.int8() refuse the same bad inputs with the same error class.
+"""The CPU path and the kernel path of W8A8 and NF4 refuse the same bad inputs with the same error class.
 
 Each case runs the method's public function with ``kernel=False`` (PyTorch) and
-``kernel=True`` (Triton: the interpreter on a CPU). Where the two disagree today the
-case is marked ``xfail`` with the file that should change (the CPU path's checks in
-``qtutor/methods/``), so the test starts passing — and the mark can go — once it is fixed.
+``kernel=True`` (Triton: the interpreter on a CPU). Both paths run the kernel
+launcher's own checks (``check_operands`` in ``kernels/w8a8.py``, ``check_activations``
+in ``kernels/nf4.py``), so a bad input is the same ``ValueError`` on either, and an
+input with no tokens is an empty result of the right shape on either.
+(LLM.int8()'s two paths: ``tests/kernels/test_launch_checks.py``.)
 """
 import pytest
 import torch
 
+from qtutor.kernels.w8a8 import FP8
 from qtutor.methods.nf4 import NF4Config, nf4_linear, quantize_4bit
 from qtutor.methods.w8a8 import ActQuant, quantize_weight_int8, w8a8_linear
 
@@ -17,56 +20,57 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def _outcome(fn):
     try:
         out = fn()
-    except Exception as err:  # noqa: BLE001 - the class is what is compared
-        return type(err).__name__
-    return f"ok {tuple(out.shape)}"
+    except Exception as err:  # noqa: BLE001 - the class and message are what is compared
+        return f"{type(err).__name__}: {err}"
+    return f"ok {tuple(out.shape)} {out.dtype}"
 
 
 _W = quantize_weight_int8(torch.randn(16, 32, generator=torch.Generator().manual_seed(0)))
-W8A8_CASES = {
-    "wrong-K": (lambda: torch.randn(3, 31), _W[0], _W[1]),
-    "q_w-float": (lambda: torch.randn(3, 32), _W[0].float(), _W[1]),
-    "s_w-shape": (lambda: torch.randn(3, 32), _W[0], _W[1][:3]),
-    "int-x": (lambda: torch.ones(3, 32, dtype=torch.int32), _W[0], _W[1]),
-    "no-tokens": (lambda: torch.randn(0, 32), _W[0], _W[1]),
-}
-W8A8_KNOWN = {  # CPU path (qtutor/methods/w8a8.py) vs kernel path today
-    "s_w-shape": "CPU: RuntimeError from broadcasting; kernel: ValueError",
-    "int-x": "CPU: accepts integer activations; kernel: ValueError",
-    "no-tokens": "both: RuntimeError from reshape(0, -1) in _w8a8_matmul (the launcher itself returns (0, N))",
+W8A8_CASES = {  # name: (x, q_w, s_w, expected outcome: "ok" or the start of the ValueError's message)
+    "wrong-K": (lambda: torch.randn(3, 31), _W[0], _W[1], "ValueError: q_w has K=32"),
+    "q_w-float": (lambda: torch.randn(3, 32), _W[0].float(), _W[1], "ValueError: q_w must be 2-D int8"),
+    "q_w-fp8": (lambda: torch.randn(3, 32), _W[0].to(FP8), _W[1], "ValueError: q_w has dtype"),
+    "s_w-shape": (lambda: torch.randn(3, 32), _W[0], _W[1][:3], "ValueError: s_w must have shape (16,)"),
+    "s_w-int": (lambda: torch.randn(3, 32), _W[0], _W[1].to(torch.int32), "ValueError: s_w must have shape"),
+    "int-x": (lambda: torch.ones(3, 32, dtype=torch.int32), _W[0], _W[1], "ValueError: x has dtype torch.int32"),
+    "float64-x": (lambda: torch.randn(3, 32).double(), _W[0], _W[1], "ValueError: x has dtype torch.float64"),
+    "no-tokens": (lambda: torch.randn(0, 32), _W[0], _W[1], "ok (0, 16)"),
+    "no-tokens-3d": (lambda: torch.randn(2, 0, 32), _W[0], _W[1], "ok (2, 0, 16)"),
+    "3d": (lambda: torch.randn(2, 3, 32).half(), _W[0], _W[1], "ok (2, 3, 16)"),
 }
 
 
+@pytest.mark.parametrize("act", [ActQuant(), ActQuant(static_scale=0.05)], ids=["dynamic", "static"])
 @pytest.mark.parametrize("case", sorted(W8A8_CASES))
-def test_w8a8_paths_agree(case, request):
-    if case in W8A8_KNOWN:
-        request.applymarker(pytest.mark.xfail(reason=W8A8_KNOWN[case], strict=False))
-    make_x, q_w, s_w = W8A8_CASES[case]
-    cpu = _outcome(lambda: w8a8_linear(make_x(), q_w, s_w, ActQuant(), kernel=False))
-    gpu = _outcome(lambda: w8a8_linear(make_x().to(DEVICE), q_w.to(DEVICE), s_w.to(DEVICE), ActQuant(), kernel=True))
-    assert cpu == gpu and (cpu == "ValueError" or cpu.startswith("ok"))
+def test_w8a8_paths_agree(case, act):
+    make_x, q_w, s_w, want = W8A8_CASES[case]
+    cpu = _outcome(lambda: w8a8_linear(make_x(), q_w, s_w, act, kernel=False))
+    gpu = _outcome(lambda: w8a8_linear(make_x().to(DEVICE), q_w.to(DEVICE), s_w.to(DEVICE), act, kernel=True))
+    assert cpu == gpu
+    assert cpu.startswith(want)
 
 
 _ST = quantize_4bit(torch.randn(16, 64, generator=torch.Generator().manual_seed(0)), NF4Config())
-NF4_CASES = {
-    "wrong-K": lambda: torch.randn(2, 63).half(),
-    "float32-x": lambda: torch.randn(2, 64),
-    "int-x": lambda: torch.ones(2, 64, dtype=torch.int32),
-    "no-tokens": lambda: torch.randn(0, 64).half(),
+NF4_CASES = {  # name: (x, expected outcome)
+    "wrong-K": (lambda: torch.randn(2, 63).half(), "ValueError: x has shape (2, 63): its last dimension"),
+    "float32-x": (lambda: torch.randn(2, 64), "ok (2, 16) torch.float32"),  # bitsandbytes' default compute dtype
+    "bfloat16-x": (lambda: torch.randn(2, 64).bfloat16(), "ok (2, 16) torch.bfloat16"),
+    "float64-x": (lambda: torch.randn(2, 64).double(), "ValueError: x has dtype torch.float64"),
+    "int-x": (lambda: torch.ones(2, 64, dtype=torch.int32), "ValueError: x has dtype torch.int32"),
+    "no-tokens": (lambda: torch.randn(0, 64).half(), "ok (0, 16) torch.float16"),
+    "no-tokens-3d": (lambda: torch.randn(2, 0, 64).half(), "ok (2, 0, 16) torch.float16"),
 }
-NF4_KNOWN = {  # CPU path (qtutor/methods/nf4.py: nf4_linear) vs kernel path today
-    "wrong-K": "both: RuntimeError from reshape(-1, in_features), not a ValueError naming x",
-    "float32-x": "CPU: accepts float32 activations; kernel: ValueError (fp16/bf16 only)",
-    "int-x": "CPU: accepts integer activations; kernel: ValueError",
-}
+
+
+def _on(state, device):
+    return type(state)(state.packed.to(device), state.shape, state.dtype, state.config, state.absmax.to(device),
+                       state.offset.to(device), state.absmax2.to(device))
 
 
 @pytest.mark.parametrize("case", sorted(NF4_CASES))
-def test_nf4_paths_agree(case, request):
-    if case in NF4_KNOWN:
-        request.applymarker(pytest.mark.xfail(reason=NF4_KNOWN[case], strict=False))
-    make_x = NF4_CASES[case]
+def test_nf4_paths_agree(case):
+    make_x, want = NF4_CASES[case]
     cpu = _outcome(lambda: nf4_linear(make_x(), _ST, kernel=False))
-    gpu = _outcome(lambda: nf4_linear(make_x().to(DEVICE), _ST.to(DEVICE) if hasattr(_ST, "to") else _ST,
-                                      kernel=True))
-    assert cpu == gpu and (cpu == "ValueError" or cpu.startswith("ok"))
+    gpu = _outcome(lambda: nf4_linear(make_x().to(DEVICE), _on(_ST, DEVICE), kernel=True))
+    assert cpu == gpu
+    assert cpu.startswith(want)

@@ -32,7 +32,7 @@ def _to(qs, device):
 
 
 @pytest.mark.parametrize("nested", [True, False], ids=["double-quant", "fp32-absmax"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_nf4_matmul_on_bitsandbytes_weights(shape, dtype, nested):
     M, K, N = shape
@@ -79,8 +79,8 @@ def test_bad_input_is_reported():
     qs = _to(qs, DEVICE)
     packed = packed.to(DEVICE)
     x = torch.randn(1, 64, device=DEVICE).half()
-    with pytest.raises(ValueError, match="float16 or bfloat16"):
-        nf4_matmul_bnb(x.float(), packed, qs)
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
+        nf4_matmul_bnb(x.double(), packed, qs)
     with pytest.raises(ValueError, match="needs"):
         nf4_matmul(torch.randn(1, 128, device=DEVICE).half(), packed, qs.absmax, qs.code, 64, **{})
     with pytest.raises(ValueError, match="absmax_code"):

@@ -151,3 +151,82 @@ def test_fp8_rounding_over_the_whole_range():
     q, _ = quantize_per_token(x, FP8)
     q_ref, _ = quantize_per_token_ref(x, FP8)
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
+# ---------------------------------------------------------------- tiny rows
+MIN_AMAX = 2.0**-119  # kernels.w8a8.MIN_AMAX, written out: the tests pin the value
+
+
+def _tiny_rows() -> torch.Tensor:
+    """Rows whose max |x| lies around and below 2⁻¹¹⁹ (1.5e-36), down to float32 subnormals, and two normal rows."""
+    g = torch.Generator().manual_seed(5)
+    rows = [torch.tensor([-5e-38, 1e-37, 0.0, 3e-39, -1e-37, 2e-38, 0.0, 7e-38])]
+    for amax in (1e-30, 2.0**-119 * 1.5, 2.0**-119, 1e-36, 4e-37, 1e-38, 1e-40, 1e-44):
+        r = torch.randn(8, generator=g, dtype=torch.float64)
+        rows.append((r / r.abs().max() * amax).float())
+    rows.append(torch.zeros(8))
+    rows.append(torch.randn(8, generator=g) * 3)
+    return torch.stack(rows)  # (11, 8), some entries subnormal
+
+
+def _codes_float64(x: torch.Tensor, qmax: float, dtype: torch.dtype) -> torch.Tensor:
+    """The codes in float64 arithmetic: x · qmax / max(max|x|, 2⁻¹¹⁹) per row (0 for an all-zero row)."""
+    xd = x.double().cpu()
+    amax = xd.abs().amax(dim=1, keepdim=True)
+    v = torch.where(amax > 0, xd * qmax / amax.clamp(min=MIN_AMAX), torch.zeros_like(xd))
+    return torch.round(v).to(torch.int8) if dtype == torch.int8 else v.to(FP8)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, FP8], ids=["int8", "fp8"])
+def test_tiny_rows_quantize_to_finite_correct_codes(dtype):
+    """qmax / max|x| overflowed float32 below ~1e-36: int8 codes were ±127 for every nonzero entry
+    (−5e-38 next to a max of 1e-37 gave −127) and fp8 codes NaN. Now max|x| is floored at 2⁻¹¹⁹."""
+    qmax = 127.0 if dtype == torch.int8 else 448.0
+    x = _tiny_rows().to(DEVICE)
+    q_ref, s_ref = quantize_per_token_ref(x, dtype)
+    q, s = quantize_per_token(x, dtype)
+    bits = (lambda t: t.view(torch.uint8)) if dtype == FP8 else (lambda t: t)
+    assert torch.equal(bits(q), bits(q_ref)) and torch.equal(s, s_ref)  # the kernel is still its reference
+    assert torch.isfinite(q.float()).all() and torch.isfinite(s).all()
+    assert torch.equal(bits(q_ref.cpu()), bits(_codes_float64(x, qmax, dtype)))
+    amax = x.abs().amax(dim=1).cpu()
+    want_s = torch.where(amax > 0, amax.clamp(min=MIN_AMAX), amax) / qmax
+    assert torch.equal(s.cpu(), want_s)
+    assert q_ref[0, 0].item() == (-4 if dtype == torch.int8 else -15.0)  # −5e-38 · 127 (448) / 2⁻¹¹⁹
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, FP8], ids=["int8", "fp8"])
+def test_tiny_rows_through_the_matmul(dtype):
+    """Fused and two-launch dynamic W8A8 give the reference's finite output on the tiny rows."""
+    x = _tiny_rows().to(DEVICE)
+    q_w, s_w = quantize_per_token_ref(torch.randn(16, 8, generator=torch.Generator().manual_seed(6)), dtype)
+    q_w, s_w = q_w.to(DEVICE), s_w.to(DEVICE)
+    want = w8a8_dynamic_ref(x, q_w, s_w)
+    for fused in (False, True):
+        got = w8a8_dynamic(x, q_w, s_w, fused=fused)
+        assert torch.isfinite(got).all()
+        # rows scale differently by 1e30: compare each row to its own max
+        err = (got - want).abs().amax(dim=1) / want.abs().amax(dim=1).clamp(min=1e-45)
+        assert float(err.max()) <= (RTOL if dtype == torch.int8 else RTOL_FP8)[torch.float32], fused
+
+
+def test_normal_rows_are_not_floored():
+    """Rows with max|x| ≥ 2⁻¹¹⁹ keep the plain formula q = round(x · (127 / max|x|)), s = max|x| / 127."""
+    x = torch.cat([torch.randn(6, 40) * 10.0 ** torch.arange(-30, 30, 10).float()[:, None],
+                   torch.full((1, 40), MIN_AMAX)])
+    amax = x.abs().amax(dim=1)
+    q, s = quantize_per_token_ref(x)
+    assert torch.equal(q, torch.round(x * (torch.full_like(amax, 127.0) / amax)[:, None]).to(torch.int8))
+    assert torch.equal(s, amax / torch.full_like(amax, 127.0))
+
+
+def test_fp8_layers_quantize_as_the_kernel_reference():
+    """qtutor.methods.fp8's own per-row quantizer and the kernels' reference share the floor again."""
+    from qtutor.kernels import w8a8 as k_w8
+    from qtutor.methods import fp8
+
+    assert k_w8.MIN_AMAX == fp8._MIN_AMAX == MIN_AMAX
+    x = _tiny_rows()
+    q1, s1 = fp8.quantize_rows_fp8(x)
+    q2, s2 = quantize_per_token_ref(x, FP8)
+    assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s1, s2)
