@@ -27,3 +27,7 @@ from .io import (
 
 __all__ += ["FILE_TYPES", "choose_tensor_type", "GGUFFormatError", "dequantize_tensor", "dequantized_like_gguf",
             "gguf_tensors_from_hf", "quantize_tensor", "read_gguf", "write_gguf"]
+from .imatrix import Imatrix, compute_imatrix, read_imatrix, write_imatrix
+from .weighted import WEIGHTED_TYPES, quantize_weighted
+
+__all__ += ["Imatrix", "compute_imatrix", "read_imatrix", "write_imatrix", "WEIGHTED_TYPES", "quantize_weighted"]

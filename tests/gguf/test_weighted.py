@@ -102,3 +102,12 @@ def test_bad_input():
         quantize_weighted(np.zeros((1, 256)), np.ones(255), "Q4_K")
     with pytest.raises(ValueError, match="NaN or Inf"):
         quantize_weighted(np.zeros((1, 256)), np.full(256, np.inf), "Q4_0")
+
+
+@pytest.mark.parametrize("type_name", WEIGHTED_TYPES)
+def test_gaussian_rows_heavy_tailed_importance(llama_cpp_ref, type_name):
+    """Rows where the rarer trials of the searches win (e.g. make_qx_quants' step -9): a wider net than SmolLM2's rows."""
+    rng = np.random.default_rng(2)
+    a = (rng.standard_normal((16, 1536)) * 0.05).astype(np.float32)
+    qw = (rng.random(1536) ** 3 * 2).astype(np.float32)
+    assert np.array_equal(quantize_weighted(a, qw, type_name), llama_cpp_ref.quantize_weighted(a, qw, type_name))
