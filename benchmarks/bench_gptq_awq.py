@@ -21,8 +21,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from qtutor.methods.gptq import GPTQConfig
-from qtutor.pipeline import AWQConfig, awq_quantize_model, gptq_quantize_model
+from qtutor.config import AWQConfig, GPTQConfig
+from qtutor.pipeline import awq_quantize_model, gptq_quantize_model
 
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0)

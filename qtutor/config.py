@@ -9,7 +9,7 @@ config             method                                module after ``convert`
 =================  ====================================  =========================
 ``RTNConfig``      round-to-nearest on the shared grid   ``W4A16Linear``
 ``GPTQConfig``     GPTQ (``qtutor.methods.gptq``)        ``W4A16Linear``
-``AWQConfig``      AWQ (``qtutor.pipeline.awq``)         ``W4A16Linear``
+``AWQConfig``      AWQ (``qtutor.methods.awq``)          ``W4A16Linear``
 ``NF4Config``      NF4 / FP4 (``qtutor.methods.nf4``)    ``NF4Linear``
 ``LLMInt8Config``  LLM.int8() (``methods.llm_int8``)     ``Int8LinearLt``
 ``W8A8Config``     int8 weights and activations          ``W8A8Linear``
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Union
 
+from .methods.awq import AWQConfig
 from .methods.gptq import GPTQConfig
 from .methods.nf4 import NF4Config
-from .pipeline.awq import AWQConfig
 
 __all__ = [
     "RTNConfig", "GPTQConfig", "AWQConfig", "NF4Config", "LLMInt8Config", "W8A8Config", "FP8Config",

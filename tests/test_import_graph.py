@@ -7,19 +7,23 @@ body is caught as well as one at the top of a file.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# package folder -> qtutor sub-packages it must never import
+# package folder (or module file) -> qtutor sub-packages it must never import
 FORBIDDEN = {
     "kernels": {"*"},  # a leaf: nothing from qtutor at all
     "qtutor/primitives": {"methods", "nn", "pipeline", "formats", "gguf", "model", "course", "checks",
                           "exercises", "config", "eval", "data", "learner", "cli"},
     "qtutor/methods": {"nn", "pipeline", "formats", "gguf", "course", "checks", "exercises", "learner", "cli"},
     "qtutor/nn": {"pipeline", "formats", "course", "checks", "exercises", "learner", "cli"},
+    # configs are data beside the methods (AWQConfig lives in methods/awq.py): no pipeline, no modules
+    "qtutor/config.py": {"nn", "pipeline", "formats", "gguf", "course", "checks", "exercises", "learner", "cli"},
     "qtutor/formats": {"methods"},
     "qtutor/gguf": {"methods", "nn", "pipeline", "formats"},
 }
@@ -46,7 +50,8 @@ def _imported_qtutor_modules(path: Path) -> list[tuple[int, str]]:
 
 
 def _files(folder: str) -> list[Path]:
-    return sorted((ROOT / folder).rglob("*.py"))
+    path = ROOT / folder
+    return [path] if path.suffix == ".py" and path.is_file() else sorted(path.rglob("*.py"))
 
 
 @pytest.mark.parametrize("folder", sorted(FORBIDDEN))
@@ -70,3 +75,13 @@ def test_resolver_sees_relative_imports(tmp_path, monkeypatch):
     path = ROOT / "qtutor" / "formats" / "_probe_for_test.py"
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "from ..methods.gptq import GPTQ\nfrom . import registry\n")
     assert _imported_qtutor_modules(path) == [(1, "qtutor.methods.gptq"), (2, "qtutor.formats.registry")]
+
+
+@pytest.mark.parametrize("module", ["qtutor.config", "qtutor.nn"])
+def test_importing_does_not_load_the_pipeline(module):
+    """The ast check sees one file's own imports; this one follows them all: importing ``module`` in a fresh
+    interpreter leaves ``qtutor.pipeline`` unloaded (configs and modules stand below the model pipeline)."""
+    code = (f"import sys, {module}; loaded = sorted(m for m in sys.modules if m.startswith('qtutor.pipeline')); "
+            "assert not loaded, loaded")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "tests")
+    assert run.returncode == 0, run.stderr[-2000:]

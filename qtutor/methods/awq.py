@@ -15,11 +15,13 @@ Acceleration" (MLSys 2024), §3, following the reference code
 * ``search_clip``: per output channel and group, shrink ``max|w|`` by up to 50 % in 20
   steps and keep the one with least output error on (up to) 512 sampled tokens.
 
-``qtutor.pipeline.awq`` runs these on every block of a model.
+``qtutor.pipeline.awq`` runs these on every block of a model, as :class:`AWQConfig` says (the
+config lives here, beside the method, so that ``qtutor.config`` needs no pipeline).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +29,23 @@ from torch import nn
 
 from ..primitives.grid import check_group_size, check_n_bits_group_size, n_groups, rtn_grid_quantize
 
-__all__ = ["pseudo_quantize_tensor", "search_scales", "fold_scales_into_norm", "search_clip", "apply_clip",
+__all__ = ["AWQConfig", "pseudo_quantize_tensor", "search_scales", "fold_scales_into_norm", "search_clip", "apply_clip",
            "check_activations", "check_weights"]
+
+
+@dataclass(frozen=True)
+class AWQConfig:
+    """AWQ's knobs, with the reference defaults (``w_bit=4, q_group_size=128``)."""
+
+    n_bits: int = 4
+    group_size: int | None = 128  # None: one scale per output row
+    n_grid: int = 20
+    clip: bool = True
+
+    def __post_init__(self) -> None:
+        check_n_bits_group_size(self.n_bits, self.group_size)
+        if not isinstance(self.n_grid, int) or self.n_grid < 1:
+            raise ValueError(f"n_grid={self.n_grid}: must be at least 1")
 
 
 def pseudo_quantize_tensor(w: torch.Tensor, n_bits: int = 4, group_size: int | None = 128) -> torch.Tensor:

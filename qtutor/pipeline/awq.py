@@ -14,34 +14,19 @@ For every block of a Llama-family model (mit-han-lab/llm-awq,
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..methods.awq import apply_clip, check_activations, fold_scales_into_norm, search_clip, search_scales
-from ..primitives.grid import QuantizedWeight, check_n_bits_group_size, rtn_grid_quantize
+# AWQConfig lives in qtutor.methods.awq (qtutor.config imports it from there); re-exported here
+from ..methods.awq import AWQConfig, apply_clip, check_activations, fold_scales_into_norm, search_clip, search_scales
+from ..primitives.grid import QuantizedWeight, rtn_grid_quantize
 from .sequential import (
     LLAMA_SEQUENTIAL_GROUPS, BlockInputs, BlockSource, BlockTransaction, InMemoryBlocks, block_progress,
     capture_block_inputs, check_hidden, collect_linear_inputs, run_block,
 )
 
 __all__ = ["AWQConfig", "awq_quantize_model", "awq_search_and_fold", "fold_scales_into_linear"]
-
-
-@dataclass(frozen=True)
-class AWQConfig:
-    """AWQ's knobs, with the reference defaults (``w_bit=4, q_group_size=128``)."""
-
-    n_bits: int = 4
-    group_size: int | None = 128  # None: one scale per output row
-    n_grid: int = 20
-    clip: bool = True
-
-    def __post_init__(self) -> None:
-        check_n_bits_group_size(self.n_bits, self.group_size)
-        if not isinstance(self.n_grid, int) or self.n_grid < 1:
-            raise ValueError(f"n_grid={self.n_grid}: must be at least 1")
 
 
 @torch.no_grad()

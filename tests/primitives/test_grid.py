@@ -9,7 +9,7 @@ from qtutor.primitives.grid import (
     QuantizedWeight, check_n_bits_group_size, group_min_max, n_groups, rtn_grid_quantize,
 )
 from qtutor.methods.gptq import GPTQConfig
-from qtutor.pipeline.awq import AWQConfig
+from qtutor.methods.awq import AWQConfig
 
 
 def _w(out=24, inp=576, seed=0, std=0.02):
