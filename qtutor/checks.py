@@ -975,3 +975,35 @@ def check_dequant_gemv(fn: Callable) -> None:
         raise CheckFailed(f"y differs from the reference by up to {float((got - want).abs().max()):.4g}")
     compare("dequant-GEMV", got, want, rtol=1e-4, atol=1e-4)
     _ok("unpack-and-scale matches the reference")
+
+
+# --- notebook 13 ---
+
+@_checker
+def check_imatrix_accumulation(fn: Callable) -> None:
+    """``fn(x (n_tokens, in_features)) -> (in_features,)``: the mean over tokens of x², per input column."""
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(40, 24, generator=gen) * torch.linspace(0.1, 3.0, 24)  # columns of different scales
+    x[:, 5] += 2.0  # a column with a non-zero mean: mean(x)² and mean(x²) differ there
+    want = (x.double() ** 2).mean(dim=0)
+    got = _tensor(fn(x), f"{fn.name}(x) for x of shape (40, 24)", floating=True).double()
+    wrong = {
+        "you averaged over the columns (axis 1): average over the tokens (axis 0), one value per input column":
+            (x.double() ** 2).mean(dim=1),
+        "you averaged |x|: the importance is the mean of x², the squares": x.double().abs().mean(dim=0),
+        "you summed over the tokens: divide by the number of tokens (llama-quantize divides in_sum2 by counts)":
+            (x.double() ** 2).sum(dim=0),
+        "you took the square root (the RMS): the importance is the mean of x² itself": (x.double() ** 2).mean(dim=0).sqrt(),
+        "you squared the mean: the importance is the mean of the squares, mean(x²), not mean(x)²":
+            x.double().mean(dim=0) ** 2,
+    }
+    for hint, value in wrong.items():
+        if got.shape == value.shape and torch.allclose(got, value, rtol=1e-5, atol=1e-8) \
+                and (value.shape != want.shape or not torch.allclose(value, want, rtol=1e-5, atol=1e-8)):
+            raise CheckFailed(hint)
+    if got.shape != want.shape:
+        raise CheckFailed(f"the result has shape {tuple(got.shape)}, expected {tuple(want.shape)}: one importance per input column")
+    if not torch.allclose(got, want, rtol=1e-5, atol=1e-8):
+        raise CheckFailed(f"the importances differ from mean(x², over tokens) by up to {float((got - want).abs().max()):.3g}")
+    compare("imatrix", got, want, rtol=1e-5, atol=1e-8)
+    _ok("the mean of x² over tokens, per input column, as llama.cpp's imatrix")

@@ -158,3 +158,14 @@ def kernel_stub_errors() -> Iterator[None]:
         if type(exc).__module__.startswith("triton") and "NotImplementedError" in str(exc):
             raise NotImplementedError(f"a Triton function is still a stub ({type(exc).__name__})") from exc
         raise
+
+
+# --- notebook 13 ---
+
+def imatrix_from_activations(x: torch.Tensor) -> torch.Tensor:
+    """Exercise 13.1: activations entering one matmul (n_tokens, in_features) -> importances (in_features,).
+
+    llama.cpp's ``imatrix``: per input column, the mean over tokens of x² (``in_sum2 / counts``).
+    """
+    x = x.double()
+    return (x * x).sum(dim=0) / x.shape[0]
