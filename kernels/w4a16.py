@@ -3,7 +3,7 @@
     y[m, n] = Σ_k x[m, k] · scale[g(k), n] · (q[k, n] − zero[g(k), n]),   g(k) = g_idx[k]
 
 The weight is what ``qtutor.formats.layouts.pack_gptq(qw, version=2)`` (and
-``PackedLinear``) holds: ``qweight`` int32 (K/8, N), eight 4-bit codes of
+``qtutor.nn.W4A16Linear``) holds: ``qweight`` int32 (K/8, N), eight 4-bit codes of
 consecutive input rows per word, lowest bits first; ``qzeros`` int32
 (n_groups, N/8); ``scales`` (n_groups, N) fp16/bf16; ``g_idx`` int32 (K,) — act-order
 included. Decode is memory-bound: a 4-bit weight moves a quarter of fp16's bytes,

@@ -30,21 +30,12 @@ from typing import Union
 from .methods.awq import AWQConfig
 from .methods.gptq import GPTQConfig
 from .methods.nf4 import NF4Config
+from .primitives.spec import check_n_bits_group_size
 
 __all__ = [
     "RTNConfig", "GPTQConfig", "AWQConfig", "NF4Config", "LLMInt8Config", "W8A8Config", "FP8Config",
     "QuantConfig", "WEIGHT_ONLY_CONFIGS",
 ]
-
-
-def _check_n_bits(n_bits: object) -> None:
-    if isinstance(n_bits, bool) or not isinstance(n_bits, int) or not 2 <= n_bits <= 8:
-        raise ValueError(f"n_bits={n_bits!r}: must be an integer from 2 to 8")
-
-
-def _check_group_size(group_size: object) -> None:
-    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
-        raise ValueError(f"group_size={group_size!r}: must be a positive integer, or None for one group per row")
 
 
 @dataclass(frozen=True)
@@ -56,8 +47,7 @@ class RTNConfig:
     symmetric: bool = False
 
     def __post_init__(self) -> None:
-        _check_n_bits(self.n_bits)
-        _check_group_size(self.group_size)
+        check_n_bits_group_size(self.n_bits, self.group_size)  # the one check GPTQConfig and AWQConfig run too
         if not isinstance(self.symmetric, bool):
             raise ValueError(f"symmetric={self.symmetric!r}: must be True or False")
 

@@ -23,7 +23,7 @@ def test_frozen(config):
     (dict(n_bits=9), r"n_bits=9"),
     (dict(n_bits=4.0), r"n_bits=4.0"),
     (dict(n_bits=True), r"n_bits=True"),
-    (dict(group_size=0), r"group_size=0: must be a positive integer, or None"),
+    (dict(group_size=0), r"group_size=0: must be a positive integer or None; \"no groups\" is spelled None"),
     (dict(group_size=-1), r"group_size=-1"),
     (dict(symmetric="yes"), r"symmetric='yes': must be True or False"),
 ], ids=["bits-1", "bits-9", "bits-float", "bits-bool", "group-0", "group-minus-1", "symmetric-str"])
