@@ -31,9 +31,10 @@ _MIN_AMAX = 2.0**-119
 def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` (rows, K) float -> e4m3 codes (rows, K) and scales (rows,) float32, one absmax scale per row.
 
-    The arithmetic of :func:`qtutor.kernels.w8a8.quantize_per_token_ref` (``x · (448 / max|x|)``, the
-    quotient correctly rounded), except that a row whose maximum is below 2⁻¹¹⁹ is scaled as if it were
-    2⁻¹¹⁹: ``448 / max`` would overflow and turn its zeros into NaN. No check of ``x`` (run per forward).
+    The arithmetic of :func:`qtutor.kernels.w8a8.quantize_per_token_ref` with ``FP8`` (``x · (448 / max|x|)``,
+    the quotient correctly rounded; the same codes and scales, tested): a row whose maximum is below 2⁻¹¹⁹
+    is scaled as if it were 2⁻¹¹⁹, since ``448 / max`` would overflow and turn its zeros into NaN. FP8's
+    own copy: the FP8 layers import no kernel module. No check of ``x`` (run per forward).
     """
     xf = x.float()
     amax = xf.abs().amax(dim=1)  # (rows,)

@@ -4,7 +4,9 @@ The math (levels, blockwise absmax, double quantization, packing) lives in
 :mod:`qtutor.methods.nf4`; this module only holds the buffers. By the rule of
 :mod:`qtutor.nn._dispatch`, fp16/bf16 inputs on a GPU (or ``use_kernel=True``, e.g.
 in Triton's interpreter) run :func:`qtutor.kernels.nf4.nf4_matmul`; otherwise the
-weight is dequantized and multiplied in PyTorch.
+weight is dequantized and multiplied in PyTorch. float32 inputs take the PyTorch path
+(the kernel takes them too, through ``nf4_linear(..., kernel=True)``); any other dtype is
+refused on both paths with the kernel's ``ValueError``.
 """
 from __future__ import annotations
 
