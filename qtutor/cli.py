@@ -57,7 +57,15 @@ def doctor_report() -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qtutor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("doctor", help="print versions, device, Triton mode and model cache state")
+    doctor = sub.add_parser("doctor", help="print versions, device, Triton mode and model cache state; "
+                            "--record/--check a baseline of this machine's numbers")
+    mode = doctor.add_mutually_exclusive_group()
+    mode.add_argument("--record", type=Path, metavar="FILE",
+                      help="measure the fixed outputs (logits hash, KL of W4 g64, perplexity) and write them with the "
+                           "versions, device and thread count to FILE (JSON)")
+    mode.add_argument("--check", type=Path, metavar="FILE",
+                      help="measure again and compare with FILE: exit 0 if the same within tolerance, 1 naming what "
+                           "drifted, 2 if FILE is missing or not a baseline")
     fetch = sub.add_parser("fetch-model", help="dequantize the course model once into the cache")
     fetch.add_argument("--force", action="store_true", help="rebuild even if the cache looks fine")
     course = sub.add_parser("course", help="write the learner copies and the index into student/, start JupyterLab on them",
@@ -76,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "course":
         return _course(args, [a for a in extra if a != "--"])
 
+    if args.command == "doctor" and (args.record or args.check):
+        return _doctor_baseline(args)
     if args.command == "doctor":
         for key, value in doctor_report().items():
             print(f"{key:>14}: {value}")
@@ -89,6 +99,30 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"model cache ready: {path}")
     return 0
+
+
+def _doctor_baseline(args: argparse.Namespace) -> int:
+    from .diagnose import baseline
+
+    if args.record:
+        base = baseline.record(args.record)
+        print(f"baseline written to {args.record}: " + ", ".join(
+            f"{k}={v:.6g}" for k, v in base["outputs"].items() if isinstance(v, float)))
+        return 0
+    try:
+        base = baseline.load_baseline(args.check)
+    except baseline.BaselineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    drift = baseline.compare(base, baseline.collect_baseline())
+    if not drift:
+        print(f"same as {args.check} (recorded {base.get('date', '?')}) within tolerance: "
+              + ", ".join(f"{k} {v:.0e}" for k, v in baseline.TOLERANCES.items()))
+        return 0
+    print(f"drift from {args.check} (recorded {base.get('date', '?')}):")
+    for line in drift:
+        print(f"  {line}")
+    return 1
 
 
 def _course(args: argparse.Namespace, extra: list[str]) -> int:
