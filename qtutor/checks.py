@@ -1007,3 +1007,45 @@ def check_imatrix_accumulation(fn: Callable) -> None:
         raise CheckFailed(f"the importances differ from mean(x², over tokens) by up to {float((got - want).abs().max()):.3g}")
     compare("imatrix", got, want, rtol=1e-5, atol=1e-8)
     _ok("the mean of x² over tokens, per input column, as llama.cpp's imatrix")
+
+
+# --- notebook 14 ---
+
+__all__ += ["check_bisection_step"]
+
+
+@_checker
+def check_bisection_step(fn: Callable) -> None:
+    """``fn(layers, evaluate, threshold) -> list``: one bisection step, first half ``layers[:n // 2]`` tested."""
+    names = [f"layer{i}" for i in range(7)]
+    for n, culprit in [(7, 2), (7, 3), (7, 6), (6, 0), (6, 5), (2, 1), (3, 1)]:
+        layers = names[:n]
+        calls: list[tuple] = []
+
+        def evaluate(subset, culprit=layers[culprit]):
+            subset = tuple(subset)
+            calls.append(subset)
+            return 2.0 if culprit in subset else 1.0
+
+        got = fn(list(layers), evaluate, 1.5)
+        if not isinstance(got, (list, tuple)):
+            raise CheckFailed(f"{fn.name} returned a {type(got).__name__}: return the half, a list of layer names")
+        got, first, second = list(got), layers[: n // 2], layers[n // 2:]
+        want = first if culprit < n // 2 else second
+        if got == want:
+            if len(calls) > 1:
+                raise CheckFailed(f"{len(calls)} evaluations for one step: test the first half only — if it is clean, "
+                                  "the culprit is in the other half, no need to test it")
+            if calls and list(calls[0]) != first:
+                raise CheckFailed(f"tested {list(calls[0])}: the step tests the first half, layers[:n // 2]")
+            continue
+        if not calls:
+            raise CheckFailed("evaluate was never called: test the first half with evaluate(first_half)")
+        if got in (layers[: (n + 1) // 2], layers[(n + 1) // 2:]) and n % 2:
+            raise CheckFailed(f"with {n} layers the split is off by one: the first half is layers[:n // 2] "
+                              f"({n // 2} layers), the second layers[n // 2:]")
+        if got == (second if want == first else first):
+            raise CheckFailed(f"culprit at position {culprit} of {n}: returned the wrong half — the metric above the "
+                              "threshold means the culprit is in the half you tested")
+        raise CheckFailed(f"returned {got} for {n} layers with the culprit at position {culprit}; expected {want}")
+    _ok("bisection step matches qtutor (first half tested, culprit's half returned)")

@@ -169,3 +169,18 @@ def imatrix_from_activations(x: torch.Tensor) -> torch.Tensor:
     """
     x = x.double()
     return (x * x).sum(dim=0) / x.shape[0]
+
+
+# --- notebook 14 ---
+
+__all__ += ["bisection_step"]
+
+
+def bisection_step(layers: list, evaluate, threshold: float) -> list:
+    """Exercise 14.1: the half of ``layers`` (known to hold one culprit) to recurse into.
+
+    Test only the first half ``layers[:n // 2]``: above ``threshold`` the culprit is there, else in the second.
+    """
+    from .diagnose.bisect import choose_half
+
+    return choose_half(layers, evaluate, threshold)
