@@ -1,4 +1,4 @@
-"""Learner copies of notebooks 06-11 reach the end: every exercise falls back to qtutor's own version.
+"""Learner copies of notebooks 06 onwards reach the end: every exercise falls back to qtutor's own version.
 
 Static checks only (no notebook is executed here): each function holding a
 ``### BEGIN SOLUTION`` region is decorated with ``@exercise("N.k", fallback=exercises.<name>)``,
@@ -21,7 +21,7 @@ from qtutor import exercises
 from qtutor.course import exercise
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = [p for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) if 6 <= int(p.name[:2]) <= 11]
+NOTEBOOKS = [p for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) if int(p.name[:2]) >= 6]
 
 
 def _functions(path: Path) -> tuple[list[ast.FunctionDef], str]:
@@ -47,7 +47,7 @@ def _holds_solution(fn: ast.FunctionDef, code: str) -> bool:
 
 
 def test_notebooks_06_to_11_are_all_here():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["06", "07", "08", "09", "10", "11"]
+    assert [p.name[:2] for p in NOTEBOOKS][:6] == ["06", "07", "08", "09", "10", "11"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
