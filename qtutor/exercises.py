@@ -162,6 +162,9 @@ def kernel_stub_errors() -> Iterator[None]:
 
 # --- notebook 13 ---
 
+__all__ += ["imatrix_from_activations"]
+
+
 def imatrix_from_activations(x: torch.Tensor) -> torch.Tensor:
     """Exercise 13.1: activations entering one matmul (n_tokens, in_features) -> importances (in_features,).
 
