@@ -21,7 +21,7 @@ orders the layers like the measured map.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,6 +53,19 @@ def layer_info(name: str) -> tuple[int, str]:
         raise ValueError(f"{name!r} is not a decoder linear name (expected 'model.layers.<i>.<...>.<proj>')") from None
 
 
+def _forward_with_pre_hooks(model: nn.Module, input_ids: torch.Tensor, hooks: dict[nn.Module, Callable],
+                            batch_size: int) -> None:
+    """Run ``model`` over ``input_ids`` in batches with a forward pre-hook on each module, removed afterwards."""
+    handles = [m.register_forward_pre_hook(h) for m, h in hooks.items()]
+    try:
+        device = next(model.parameters()).device
+        for ids in input_ids.split(batch_size):
+            model(ids.to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def activation_sq_means(model: nn.Module, input_ids: torch.Tensor, batch_size: int = 4) -> dict[str, torch.Tensor]:
     """``{layer name: E[x_j²]}`` (float64, (in_features,)) of every decoder linear's input over ``input_ids``.
@@ -70,14 +83,7 @@ def activation_sq_means(model: nn.Module, input_ids: torch.Tensor, batch_size: i
             counts[name] += x.shape[0]
         return hook
 
-    hooks = [m.register_forward_pre_hook(make_hook(n)) for n, m in linears.items()]
-    try:
-        device = next(model.parameters()).device
-        for ids in input_ids.split(batch_size):
-            model(ids.to(device), use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_with_pre_hooks(model, input_ids, {m: make_hook(n) for n, m in linears.items()}, batch_size)
     return {n: sums[n] / counts[n] for n in linears}
 
 
@@ -92,14 +98,8 @@ def gptq_hessians(model: nn.Module, input_ids: torch.Tensor, names: Iterable[str
     linears = decoder_linears(model)
     names = list(linears) if names is None else list(names)
     solvers = {n: GPTQ(linears[n].weight, n) for n in names}
-    hooks = [linears[n].register_forward_pre_hook(lambda m, a, n=n: solvers[n].add_batch(a[0])) for n in names]
-    try:
-        device = next(model.parameters()).device
-        for ids in input_ids.split(batch_size):
-            model(ids.to(device), use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    hooks = {linears[n]: (lambda m, a, n=n: solvers[n].add_batch(a[0])) for n in names}
+    _forward_with_pre_hooks(model, input_ids, hooks, batch_size)
     return solvers
 
 

@@ -22,7 +22,7 @@ import functools
 
 import torch
 
-__all__ = ["KERNEL_DTYPES", "kernel_available", "use_kernel", "use_scaled_mm"]
+__all__ = ["KERNEL_DTYPES", "check_scaled_weight", "kernel_available", "use_kernel", "use_scaled_mm"]
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -51,3 +51,15 @@ def use_scaled_mm(x: torch.Tensor, *shapes: int) -> bool:
     if not x.is_cuda or not hasattr(torch, "_scaled_mm"):
         return False
     return torch.cuda.get_device_capability(x.device) >= (8, 9) and all(s % 16 == 0 for s in shapes)
+
+
+def check_scaled_weight(q_weight: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+                        dtype: torch.dtype, dtype_name: str) -> None:
+    """The stored tensors of a per-output-channel scaled linear (W8A8 int8, FP8): codes ``q_weight``
+    (out, in) of ``dtype``, float ``w_scale`` (out,), optional ``bias`` (out,)."""
+    if q_weight.dtype != dtype or q_weight.ndim != 2:
+        raise ValueError(f"q_weight must be 2-D {dtype_name} (out, in), got {q_weight.dtype} {tuple(q_weight.shape)}")
+    if w_scale.shape != (q_weight.shape[0],) or not w_scale.is_floating_point():
+        raise ValueError(f"w_scale must be float ({q_weight.shape[0]},), got {w_scale.dtype} {tuple(w_scale.shape)}")
+    if bias is not None and tuple(bias.shape) != (q_weight.shape[0],):
+        raise ValueError(f"bias must have shape ({q_weight.shape[0]},), got {tuple(bias.shape)}")

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import FP8Config
 from ..methods.fp8 import FP8, fp8_linear, quantize_fp8
-from ._dispatch import use_scaled_mm
+from ._dispatch import check_scaled_weight, use_scaled_mm
 
 __all__ = ["FP8Linear"]
 
@@ -22,12 +22,7 @@ class FP8Linear(nn.Module):
 
     def __init__(self, q_weight: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
-        if q_weight.dtype != FP8 or q_weight.ndim != 2:
-            raise ValueError(f"q_weight must be 2-D float8_e4m3fn (out, in), got {q_weight.dtype} {tuple(q_weight.shape)}")
-        if w_scale.shape != (q_weight.shape[0],) or not w_scale.is_floating_point():
-            raise ValueError(f"w_scale must be float ({q_weight.shape[0]},), got {w_scale.dtype} {tuple(w_scale.shape)}")
-        if bias is not None and tuple(bias.shape) != (q_weight.shape[0],):
-            raise ValueError(f"bias must have shape ({q_weight.shape[0]},), got {tuple(bias.shape)}")
+        check_scaled_weight(q_weight, w_scale, bias, FP8, "float8_e4m3fn")
         self.out_features, self.in_features = q_weight.shape
         self.register_buffer("q_weight", q_weight)
         self.register_buffer("w_scale", w_scale.float())

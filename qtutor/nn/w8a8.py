@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import W8A8Config
 from ..methods.w8a8 import ActQuant, quantize_weight_int8, w8a8_linear
-from ._dispatch import use_kernel
+from ._dispatch import check_scaled_weight, use_kernel
 
 __all__ = ["W8A8Linear", "w8a8_factory"]
 
@@ -27,12 +27,7 @@ class W8A8Linear(nn.Module):
     def __init__(self, q_weight: torch.Tensor, w_scale: torch.Tensor, act: ActQuant = ActQuant(),
                  bias: torch.Tensor | None = None) -> None:
         super().__init__()
-        if q_weight.dtype != torch.int8 or q_weight.ndim != 2:
-            raise ValueError(f"q_weight must be 2-D int8 (out, in), got {q_weight.dtype} {tuple(q_weight.shape)}")
-        if w_scale.shape != (q_weight.shape[0],) or not w_scale.is_floating_point():
-            raise ValueError(f"w_scale must be float ({q_weight.shape[0]},), got {w_scale.dtype} {tuple(w_scale.shape)}")
-        if bias is not None and tuple(bias.shape) != (q_weight.shape[0],):
-            raise ValueError(f"bias must have shape ({q_weight.shape[0]},), got {tuple(bias.shape)}")
+        check_scaled_weight(q_weight, w_scale, bias, torch.int8, "int8")
         self.out_features, self.in_features = q_weight.shape
         self.register_buffer("q_weight", q_weight)
         self.register_buffer("w_scale", w_scale)

@@ -19,11 +19,9 @@ from qtutor.nn import W4A16Linear
 from qtutor.nn import w4a16 as nn_w4a16
 from qtutor.primitives import rtn_grid_quantize
 
-from .conftest import make_tiny_llama  # noqa: F401  (same folder)
-
 
 @pytest.fixture(scope="module")
-def quantized():
+def quantized(make_tiny_llama):
     model = make_tiny_llama()
     return model, {n: rtn_grid_quantize(m.weight.detach(), 4, 32) for n, m in decoder_linears(model).items()}
 
@@ -213,7 +211,7 @@ def test_saving_into_a_folder_with_other_files_is_refused(quantized, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["gptq", "awq"])
-def test_biases_travel(tmp_path, fmt):
+def test_biases_travel(tmp_path, fmt, make_tiny_llama):
     model = make_tiny_llama(attention_bias=True, mlp_bias=True)
     with torch.no_grad():
         for lin in decoder_linears(model).values():

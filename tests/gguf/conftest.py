@@ -58,11 +58,9 @@ def _cache() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from qtutor.model.loading import _sha256 as file_sha256  # the model cache's streaming hash
+
+    return file_sha256(path)
 
 
 def _sdist() -> Path:
