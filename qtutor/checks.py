@@ -977,6 +977,57 @@ def check_dequant_gemv(fn: Callable) -> None:
     _ok("unpack-and-scale matches the reference")
 
 
+# --- notebook 12 ---
+
+__all__ += ["check_scheme_bits"]
+
+
+@_checker
+def check_scheme_bits(fn: Callable) -> None:
+    """``fn(out_features, in_features, n_bits, group_size) -> int``: codes + fp16 scale + n_bits zero-point per group."""
+    cases = [(576, 576, 4, 128), (1536, 576, 3, 64), (576, 1536, 2, 32), (192, 576, 8, None), (576, 1536, 4, 128),
+             (576, 576, 3, 128), (100, 200, 5, 64)]
+
+    def groups(i, g, ceil=True):
+        return (-(-i // g) if ceil else i // g) if g else 1
+
+    def right(o, i, b, g):
+        return o * (b * i + groups(i, g) * (16 + b))
+
+    wrong = {  # the counts learners write, each told apart from the others by some case above
+        "a short last group still needs a scale and a zero-point: 576 inputs in groups of 128 are ceil(576 / 128) = 5 "
+        "groups, not 4": lambda o, i, b, g: o * (b * i + groups(i, g, ceil=False) * (16 + b)),
+        "you left out the zero-points: each group stores one, n_bits wide": lambda o, i, b, g: o * (b * i + groups(i, g) * 16),
+        "the scales are fp16: 16 bits each, not 32": lambda o, i, b, g: o * (b * i + groups(i, g) * (32 + b)),
+        "the zero-point is n_bits wide (an integer on the grid), not 16 bits":
+            lambda o, i, b, g: o * (b * i + groups(i, g) * 32),
+        "that is bits per weight: return the total number of bits of the whole matrix":
+            lambda o, i, b, g: right(o, i, b, g) / (o * i),
+        "that is bytes: return bits": lambda o, i, b, g: right(o, i, b, g) / 8,
+        "only the codes: add a 16-bit scale and an n_bits zero-point per group": lambda o, i, b, g: o * b * i,
+    }
+    got = []
+    for out_f, in_f, b, g in cases:
+        what = f"{fn.name}({out_f}, {in_f}, {b}, {g})"
+        value = fn(out_f, in_f, b, g)
+        if value is None:
+            raise CheckFailed(f"{what} returned None: did you forget the return?")
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CheckFailed(f"{what} returned a {type(value).__name__} ({_describe(value)}): return a number of bits")
+        got.append((what, value, right(out_f, in_f, b, g)))
+    if all(v == w for _, v, w in got):
+        _ok("exact storage: codes, an fp16 scale and an n_bits zero-point per group, short last group included")
+        return
+    for hint, formula in wrong.items():
+        if all(abs(v - formula(*case)) < 1e-9 * max(1.0, abs(v)) for (_, v, _), case in zip(got, cases)):
+            raise CheckFailed(hint)
+    what, value, want = next(x for x in got if x[1] != x[2])
+    raise CheckFailed(f"{what} = {value}, expected {want} bits: codes, plus per group an fp16 scale and an "
+                      "n_bits zero-point")
+
+
 # --- notebook 13 ---
 
 @_checker

@@ -160,6 +160,22 @@ def kernel_stub_errors() -> Iterator[None]:
         raise
 
 
+# --- notebook 12 ---
+
+__all__ += ["scheme_bits"]
+
+
+def scheme_bits(out_features: int, in_features: int, n_bits: int, group_size: int | None) -> int:
+    """Exercise 12.1: exact storage in bits of an (out, in) weight in one scheme.
+
+    ``n_bits`` per weight, and per group of ``group_size`` inputs (a short last group included; ``None``: one
+    group per row) an fp16 scale and an ``n_bits`` zero-point.
+    """
+    from .diagnose.allocate import Scheme
+
+    return Scheme(n_bits, group_size).bits(out_features, in_features)
+
+
 # --- notebook 13 ---
 
 __all__ += ["imatrix_from_activations"]

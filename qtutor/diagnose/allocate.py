@@ -26,19 +26,22 @@ much of the budget unspent between two of them.)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from ..model.walk import decoder_linears
+from ..primitives.grid import rtn_grid_quantize
 from ..primitives.spec import check_n_bits_group_size
 
 __all__ = ["Scheme", "ALL_SCHEMES", "Allocation", "layer_bits", "linear_shapes", "model_bits_per_weight",
-           "damage_from_frame", "allocate", "uniform_options", "best_uniform"]
+           "damage_from_frame", "allocate", "uniform_options", "best_uniform", "scheme_from_label", "rtn_mixed"]
 
 
 @dataclass(frozen=True)
@@ -224,3 +227,47 @@ def best_uniform(budget: float, shapes: Shapes, damage: Mapping[str, Mapping[Sch
     row = uniform_options(budget, shapes, damage, schemes).iloc[0]
     gs = row["group_size"]
     return Scheme(int(row["bits"]), None if gs is None or (isinstance(gs, float) and math.isnan(gs)) else int(gs))
+
+
+def scheme_from_label(label: str) -> Scheme:
+    """``'W4 g128'`` / ``'W3 per-channel'`` (as :attr:`Scheme.label` writes them) -> :class:`Scheme`."""
+    for s in ALL_SCHEMES:
+        if s.label == label:
+            return s
+    bits, _, group = str(label).partition(" ")
+    try:
+        if not (bits.startswith("W") and (group == "per-channel" or group.startswith("g"))):
+            raise ValueError(label)
+        return Scheme(int(bits[1:]), None if group == "per-channel" else int(group[1:]))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"label={label!r}: expected 'W<bits> g<group size>' or 'W<bits> per-channel', "
+                         f"e.g. 'W4 g128'") from e
+
+
+@contextmanager
+def rtn_mixed(model: nn.Module, schemes: Mapping[str, Scheme]) -> Iterator[nn.Module]:
+    """Inside the block, each named decoder linear holds its RTN-dequantized weight in its own scheme.
+
+    The weights are checked and computed before any is replaced, and restored on exit (also on error):
+    the model is never left half quantized.
+    """
+    linears = decoder_linears(model)
+    unknown = [n for n in schemes if n not in linears]
+    if unknown:
+        raise ValueError(f"schemes names {unknown[0]!r}, which is not a decoder linear of this model "
+                         f"({len(unknown)} unknown names)")
+    bad = [n for n, s in schemes.items() if not isinstance(s, Scheme)]
+    if bad:
+        raise TypeError(f"schemes[{bad[0]!r}] = {schemes[bad[0]]!r}: must be a Scheme(n_bits, group_size)")
+    new = {n: rtn_grid_quantize(linears[n].weight.detach(), s.n_bits, s.group_size).dequantize(
+        linears[n].weight.dtype) for n, s in schemes.items()}
+    saved = {n: linears[n].weight.detach().clone() for n in schemes}
+    try:
+        with torch.no_grad():
+            for n, w in new.items():
+                linears[n].weight.copy_(w)
+        yield model
+    finally:
+        with torch.no_grad():
+            for n, w in saved.items():
+                linears[n].weight.copy_(w)

@@ -138,3 +138,61 @@ def test_property_budget_and_monotone(spec, budget, step):
         fits = uni[uni["bits_per_weight"] <= budget - margin]
         if len(fits):
             assert low.damage <= fits["damage"].min() + 1e-12
+
+
+# --- labels and applying an allocation ---------------------------------------------------------
+
+@pytest.mark.parametrize("scheme", ALL_SCHEMES + (Scheme(5, 16),))
+def test_scheme_from_label_round_trips(scheme):
+    from qtutor.diagnose.allocate import scheme_from_label
+
+    assert scheme_from_label(scheme.label) == scheme
+
+
+@pytest.mark.parametrize("label", ["", "W4", "4 g128", "W4 g", "W0 g128", "W4 g0", None])
+def test_scheme_from_label_rejects(label):
+    from qtutor.diagnose.allocate import scheme_from_label
+
+    with pytest.raises(ValueError, match="label|n_bits|group_size"):
+        scheme_from_label(label)
+
+
+def test_rtn_mixed_applies_each_scheme_and_restores(tiny_llama):
+    import torch
+
+    from qtutor.diagnose.allocate import rtn_mixed
+    from qtutor.model.walk import decoder_linears
+    from qtutor.primitives.grid import rtn_grid_quantize
+
+    linears = decoder_linears(tiny_llama)
+    before = {n: m.weight.detach().clone() for n, m in linears.items()}
+    names = list(linears)
+    schemes = {names[0]: Scheme(2, 32), names[1]: Scheme(8, None)}
+    with rtn_mixed(tiny_llama, schemes):
+        for n, m in linears.items():
+            want = (rtn_grid_quantize(before[n], schemes[n].n_bits, schemes[n].group_size).dequantize()
+                    if n in schemes else before[n])
+            assert torch.equal(m.weight, want), n
+    assert all(torch.equal(m.weight, before[n]) for n, m in linears.items())
+    with pytest.raises(RuntimeError, match="inside"):
+        with rtn_mixed(tiny_llama, schemes):
+            raise RuntimeError("inside")
+    assert all(torch.equal(m.weight, before[n]) for n, m in linears.items())
+
+
+def test_rtn_mixed_rejects_bad_input_before_touching_the_model(tiny_llama):
+    import torch
+
+    from qtutor.diagnose.allocate import rtn_mixed
+    from qtutor.model.walk import decoder_linears
+
+    linears = decoder_linears(tiny_llama)
+    before = {n: m.weight.detach().clone() for n, m in linears.items()}
+    first = next(iter(linears))
+    with pytest.raises(ValueError, match="not a decoder linear"):
+        with rtn_mixed(tiny_llama, {first: Scheme(4, 32), "lm_head": Scheme(4, 32)}):
+            pass
+    with pytest.raises(TypeError, match="must be a Scheme"):
+        with rtn_mixed(tiny_llama, {first: (4, 32)}):
+            pass
+    assert all(torch.equal(m.weight, before[n]) for n, m in linears.items())

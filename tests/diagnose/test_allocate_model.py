@@ -47,7 +47,8 @@ def setting(smollm2):
 # scheme that fits is 2-bit); at 3.5 and 4.25 the activation-weighted proxy allocation LOSES to uniform RTN
 # (3.5: ppl 217.6 / KL 2.274 vs W3 g64 99.8 / 1.461; 4.25: 77.4 / 1.238 vs W4 g128 36.6 / 0.440). The GPU map
 # (benchmarks/results/sensitivity_h200.json) shows why: this proxy ranks layers almost unrelated to their
-# measured KL (Spearman 0.05 at RTN 3 bits; plain weight error 0.38). Kept strict: a fix must make them pass.
+# measured KL (Spearman 0.05 at RTN 3 bits; plain weight error 0.38). Kept strict, as the record of a real finding:
+# allocating by the *measured* map does beat uniform at all three budgets (tests/diagnose/test_allocate_measured.py).
 _PROXY_LOSES = pytest.mark.xfail(strict=True, reason="activation-weighted proxy allocation loses to uniform (measured)")
 BUDGET_CASES = [3.0, pytest.param(3.5, marks=_PROXY_LOSES), pytest.param(4.25, marks=_PROXY_LOSES)]
 
