@@ -26,6 +26,7 @@ FORBIDDEN = {
     "qtutor/config.py": {"nn", "pipeline", "formats", "gguf", "course", "checks", "exercises", "learner", "cli"},
     "qtutor/formats": {"methods"},
     "qtutor/gguf": {"methods", "nn", "pipeline", "formats"},
+    "qtutor/kvcache": {"pipeline", "formats", "gguf", "course", "checks", "exercises", "learner", "cli"},
 }
 
 
