@@ -26,6 +26,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from sensitivity import _version  # the sibling script (benchmarks/ is on sys.path when a script there runs)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -162,15 +164,6 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump(record, f, indent=1)
     print("wrote", args.out, len(rows), "map rows,", len(pareto), "scored models in", record["wall_s"], "s")
-
-
-def _version(name: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:
-        return None
 
 
 if __name__ == "__main__":
