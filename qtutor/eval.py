@@ -122,15 +122,32 @@ def reference_logits(model: torch.nn.Module, tokenizer, config: EvalConfig = KL_
 
 
 @torch.no_grad()
-def logit_agreement(model: torch.nn.Module, reference: ReferenceLogits, batch_size: int = 1) -> dict[str, float]:
-    """``{'kl': mean KL(p_ref ‖ p_model) in nats/token, 'top1': fraction of equal arg-max}``."""
-    kl_sum, agree, count = 0.0, 0, 0
+def logit_agreement(model: torch.nn.Module, reference: ReferenceLogits, batch_size: int = 1,
+                    with_perplexity: bool = False) -> dict[str, float]:
+    """``{'kl': mean KL(p_ref ‖ p_model) in nats/token, 'top1': fraction of equal arg-max}``.
+
+    ``with_perplexity=True`` adds ``'perplexity'``: the model's perplexity on the reference windows from the
+    same forward passes, under the protocol of :func:`perplexity` (``ctx - 1`` predicted tokens per window), so
+    a reference built with ``EvalConfig(ctx, n)`` gives ``perplexity(model, tokenizer, EvalConfig(ctx, n))``
+    (to float rounding) without a second pass over the text.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be positive")
+    kl_sum, agree, count, nll, predicted = 0.0, 0, 0, 0.0, 0
     for ids, ref in zip(reference.windows.split(batch_size), reference.logprobs.split(batch_size)):
-        lp = F.log_softmax(_logits(model, ids), dim=-1).cpu()
+        logits = _logits(model, ids)
+        lp = F.log_softmax(logits, dim=-1).cpu()
         kl_sum += float((ref.exp() * (ref - lp)).sum())
         agree += int((ref.argmax(-1) == lp.argmax(-1)).sum())
         count += ids.numel()
-    return {"kl": kl_sum / count, "top1": agree / count}
+        if with_perplexity:
+            target = ids[:, 1:].to(logits.device)
+            nll += float(F.cross_entropy(logits[:, :-1].flatten(0, 1), target.flatten(), reduction="sum"))
+            predicted += target.numel()
+    out = {"kl": kl_sum / count, "top1": agree / count}
+    if with_perplexity:
+        out["perplexity"] = math.exp(nll / predicted)
+    return out
 
 
 @torch.no_grad()

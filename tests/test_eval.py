@@ -36,6 +36,21 @@ def test_kl_zero_for_same_model_and_positive_after_quantization(smollm2):
     assert q["kl"] > 0.01 and q["top1"] < 1.0
 
 
+def test_perplexity_from_the_reference_pass_matches_perplexity(smollm2):
+    """One pass for KL, top-1 and perplexity gives perplexity()'s number on the same windows."""
+    model, tok = smollm2
+    config = EvalConfig(ctx=64, n_windows=3)
+    ref = reference_logits(model, tok, config)
+    with fake_quantized(model, lambda w: fake_quant(w, QuantSpec(n_bits=4))):
+        both = logit_agreement(model, ref, with_perplexity=True)
+        alone = perplexity(model, tok, config)
+        assert both["perplexity"] == pytest.approx(alone, rel=1e-6)
+        assert {k: both[k] for k in ("kl", "top1")} == logit_agreement(model, ref)
+    assert "perplexity" not in logit_agreement(model, ref)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        logit_agreement(model, ref, batch_size=0)
+
+
 def test_bad_config(smollm2):
     _, tok = smollm2
     with pytest.raises(ValueError, match="ctx=1"):
