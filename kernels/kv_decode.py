@@ -1,0 +1,425 @@
+"""Flash-decoding attention over a KIVI-style quantized KV cache: one query token per sequence.
+
+For one sequence ``b`` and query head ``h`` (KV head ``j = h // (Hq / Hkv)``, grouped-query attention):
+
+    K[t, d] = k_codes[t, d] · k_scale[t // group_k, d] + k_mn[t // group_k, d]      (per channel, groups of tokens)
+    V[t, d] = v_codes[t, d] · v_scale[t, d // group_v] + v_mn[t, d // group_v]      (per token, groups of channels)
+    keys    = [K[0 : k_len[b]] ; k_res[0 : r_len[b]]]          values likewise with V and v_res
+    out[h]  = softmax(sm_scale · q[h] · keysᵀ) · values         sm_scale = 1/√D by default
+
+The grouping — keys quantized per channel (their outlier channels stay within one
+channel's scale), values per token, and the most recent tokens kept unquantized in a
+residual window — is KIVI's (Liu et al. 2024, "KIVI: A Tuning-Free Asymmetric 2bit
+Quantization for KV Cache", arXiv:2402.02750).
+
+Layout (B batch, Hq query heads, Hkv KV heads, T quantized capacity, R residual capacity, D head dim):
+``q`` (B, Hq, D) fp16/bf16/fp32; ``k_codes``, ``v_codes`` uint8 (B, Hkv, T, D·bits/8), for 4 bits
+byte j of a row holds channel 2j in its low nibble and 2j+1 in its high nibble; ``k_scale``,
+``k_mn`` (B, Hkv, T/group_k, D); ``v_scale``, ``v_mn`` (B, Hkv, T, D/group_v), fp16 or fp32;
+``k_res``, ``v_res`` (B, Hkv, R, D) in q's dtype; ``k_len``, ``r_len`` int32 (B,).
+
+Flash-decoding (Dao, Haziza, Massa, Sizov 2023, "Flash-Decoding for long-context
+inference"): a single query token leaves only B·Hkv independent (sequence, KV head)
+pairs, far too few to fill a GPU, so the tokens are split over programs too. Each
+program attends to its slice of tokens and writes an un-normalised partial output with
+its running max and sum of exponentials; a second small kernel combines the splits with
+the log-sum-exp trick. A split is either all-quantized or all-residual, so the
+dequantization is a compile-time path, not a per-token branch.
+
+Decode is memory-bound: the step reads the whole cache once and does ~4·D flops per
+token and query head. Bytes moved per token per KV head ≈ 2·D·bits/8 for the codes
+plus 2·D/group_k (keys' scale and min, shared by group_k tokens) and 2·D/group_v
+(values') fp16 entries of 2 bytes; at 4 bits, D = 128 and groups of 32 that is
+128 + 16 + 16 = 160 bytes against fp16's 512.
+File order: PyTorch reference, Triton kernels, launcher.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import check
+
+__all__ = ["quantize_kv_ref", "dequantize_k_ref", "dequantize_v_ref", "kv_decode_ref", "kv_decode_attention"]
+
+_Q_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_SCALE_DTYPES = (torch.float16, torch.float32)
+
+
+# ---------------------------------------------------------------- reference
+
+def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """int codes (..., D) -> uint8 (..., D·bits/8); 4 bits: channel 2j in the low nibble of byte j."""
+    codes = codes.to(torch.uint8)
+    if bits == 8:
+        return codes.contiguous()
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).contiguous()
+
+
+def _unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 (..., D·bits/8) -> int32 codes (..., D)."""
+    p = packed.to(torch.int32)
+    if bits == 8:
+        return p
+    return torch.stack([p & 0xF, p >> 4], dim=-1).flatten(-2)  # (..., D/2, 2) -> (..., D)
+
+
+def _minmax_qparams(x: torch.Tensor, dim: int, bits: int, scale_dtype: torch.dtype):
+    """Asymmetric min/max ``(scale, mn)`` over ``dim`` in ``scale_dtype``; a zero range gets scale 1."""
+    lo, hi = x.amin(dim, keepdim=True), x.amax(dim, keepdim=True)
+    rng = hi - lo
+    scale = torch.where(rng > 0, rng / (2 ** bits - 1), torch.ones_like(rng))
+    # a range too small for scale_dtype must not round to a zero scale
+    scale = scale.to(scale_dtype).clamp_min(torch.finfo(scale_dtype).tiny)
+    return scale, lo.to(scale_dtype)
+
+
+def quantize_kv_ref(k: torch.Tensor, v: torch.Tensor, *, bits: int, group_k: int, group_v: int,
+                    scale_dtype: torch.dtype = torch.float16):
+    """Quantize float K, V (B, Hkv, T, D) into the kernel's layout (KIVI grouping, asymmetric min/max).
+
+    Returns ``(k_codes, k_scale, k_mn, v_codes, v_scale, v_mn)``: codes uint8 (B, Hkv, T, D·bits/8),
+    ``k_scale``/``k_mn`` (B, Hkv, T/group_k, D), ``v_scale``/``v_mn`` (B, Hkv, T, D/group_v) in
+    ``scale_dtype``. Codes are rounded against the stored (rounded) scale and min, so
+    |x − dequantized| ≤ scale/2 up to the rounding of the min to ``scale_dtype``.
+    """
+    check(bits in (8, 4), f"bits={bits}: allowed 8 or 4")
+    check(k.ndim == 4 and k.shape == v.shape, f"k {tuple(k.shape)} and v {tuple(v.shape)} must both be (B, Hkv, T, D)")
+    B, H, T, D = k.shape
+    check(group_k > 0 and T % group_k == 0, f"group_k={group_k}: must be a positive divisor of T={T}")
+    check(group_v > 0 and D % group_v == 0, f"group_v={group_v}: must be a positive divisor of D={D}")
+    check(bits == 8 or D % 2 == 0, f"D={D}: must be even for 4-bit codes (two per byte)")
+    qmax = 2 ** bits - 1
+    kg = k.float().reshape(B, H, T // group_k, group_k, D)  # (B, H, T/gk, gk, D): per channel, groups of tokens
+    k_scale, k_mn = _minmax_qparams(kg, 3, bits, scale_dtype)
+    kq = torch.clamp(torch.round((kg - k_mn.float()) / k_scale.float()), 0, qmax).reshape(B, H, T, D)
+    vg = v.float().reshape(B, H, T, D // group_v, group_v)  # (B, H, T, D/gv, gv): per token, groups of channels
+    v_scale, v_mn = _minmax_qparams(vg, 4, bits, scale_dtype)
+    vq = torch.clamp(torch.round((vg - v_mn.float()) / v_scale.float()), 0, qmax).reshape(B, H, T, D)
+    return (_pack(kq, bits), k_scale.squeeze(3).contiguous(), k_mn.squeeze(3).contiguous(),
+            _pack(vq, bits), v_scale.squeeze(4).contiguous(), v_mn.squeeze(4).contiguous())
+
+
+def dequantize_k_ref(k_codes: torch.Tensor, k_scale: torch.Tensor, k_mn: torch.Tensor, *, bits: int,
+                     group_k: int) -> torch.Tensor:
+    """Keys (B, Hkv, T, D) float32 from per-channel codes: codes · scale[t // group_k] + mn[t // group_k]."""
+    q = _unpack(k_codes, bits).float()
+    s = k_scale.float().repeat_interleave(group_k, dim=2)  # (B, H, T, D)
+    m = k_mn.float().repeat_interleave(group_k, dim=2)
+    return q * s + m
+
+
+def dequantize_v_ref(v_codes: torch.Tensor, v_scale: torch.Tensor, v_mn: torch.Tensor, *, bits: int,
+                     group_v: int) -> torch.Tensor:
+    """Values (B, Hkv, T, D) float32 from per-token codes: codes · scale[d // group_v] + mn[d // group_v]."""
+    q = _unpack(v_codes, bits).float()
+    s = v_scale.float().repeat_interleave(group_v, dim=3)  # (B, H, T, D)
+    m = v_mn.float().repeat_interleave(group_v, dim=3)
+    return q * s + m
+
+
+def kv_decode_ref(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res, v_res, k_len, r_len, *,
+                  bits: int, group_k: int, group_v: int, sm_scale: float | None = None) -> torch.Tensor:
+    """Attention of ``q`` (B, Hq, D) over each sequence's valid quantized then residual tokens, in float32,
+    returned in ``q.dtype``."""
+    B, Hq, D = q.shape
+    Hkv = k_codes.shape[1]
+    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
+    K = dequantize_k_ref(k_codes, k_scale, k_mn, bits=bits, group_k=group_k)
+    V = dequantize_v_ref(v_codes, v_scale, v_mn, bits=bits, group_v=group_v)
+    out = torch.empty(B, Hq, D, dtype=torch.float32, device=q.device)
+    for b, (n_k, n_r) in enumerate(zip(k_len.tolist(), r_len.tolist())):
+        keys, vals = [K[b, :, :n_k]], [V[b, :, :n_k]]
+        if k_res is not None:
+            keys.append(k_res[b, :, :n_r].float())
+            vals.append(v_res[b, :, :n_r].float())
+        keys = torch.cat(keys, 1).repeat_interleave(Hq // Hkv, dim=0)  # (Hq, N, D)
+        vals = torch.cat(vals, 1).repeat_interleave(Hq // Hkv, dim=0)
+        scores = torch.einsum("hd,hnd->hn", q[b].float(), keys) * sm_scale  # (Hq, N)
+        out[b] = torch.einsum("hn,hnd->hd", scores.softmax(-1), vals)
+    return out.to(q.dtype)
+
+
+# ------------------------------------------------------------------- kernels
+
+@triton.jit
+def _softmax_step(q, k, v, valid, m, l, acc):
+    """Fold a (BLOCK_T, BLOCK_D) tile of keys/values into the running (max, sum, output) of GROUP_P heads.
+
+    ``q`` is pre-multiplied by sm_scale·log2(e), so scores are in base 2 (``exp2``). A row
+    whose tokens have all been invalid so far keeps m = −inf, l = 0, acc = 0: the max is
+    taken as 0 for the exponentials, so no −inf − (−inf) = NaN appears.
+    """
+    s = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # (GROUP_P, BLOCK_T)
+    s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l = l * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)  # (GROUP_P, BLOCK_D)
+    return m_new, l, acc
+
+
+@triton.jit
+def _kv_decode_split_kernel(
+    # pointers
+    q_ptr, kc_ptr, ks_ptr, kmn_ptr, vc_ptr, vs_ptr, vmn_ptr, kr_ptr, vr_ptr, k_len_ptr, r_len_ptr,
+    o_part_ptr, m_part_ptr, l_part_ptr,
+    # sizes
+    HKV, D, NQ, Q_PER, R_PER, sm_scale_log2,
+    # strides (each tensor contiguous: (B, H) flattened into one "bh" stride)
+    stride_qb, stride_qh, stride_kc_bh, stride_kc_t, stride_ks_bh, stride_ks_g,
+    stride_vc_bh, stride_vc_t, stride_vs_bh, stride_vs_t, stride_r_bh, stride_r_t,
+    # meta-parameters
+    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    BITS: tl.constexpr, GROUP_K: tl.constexpr, GROUP_V: tl.constexpr,
+):
+    """One (sequence, KV head) pair, its GROUP query heads, one split of tokens.
+
+    Splits 0 … NQ−1 cover the quantized tokens [s·Q_PER, (s+1)·Q_PER) ∩ [0, k_len[b]);
+    the rest cover the residual tokens likewise with R_PER and r_len[b]. K and V tiles
+    are loaded (and dequantized) once and used by all GROUP query heads.
+    """
+    pid_bh = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    b = pid_bh // HKV
+    kvh = pid_bh % HKV
+    bh64 = pid_bh.to(tl.int64)
+    offs_g = tl.arange(0, GROUP_P)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_tt = tl.arange(0, BLOCK_T)
+    mask_g = offs_g < GROUP
+    mask_d = offs_d < D
+    heads = kvh * GROUP + offs_g  # (GROUP_P,) query heads of this KV head
+    # ---- the query tile, scaled so that scores come out in base 2
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=mask_g[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+    q = q * sm_scale_log2  # (GROUP_P, BLOCK_D)
+    m = tl.full((GROUP_P,), float("-inf"), dtype=tl.float32)
+    l = tl.zeros((GROUP_P,), dtype=tl.float32)
+    acc = tl.zeros((GROUP_P, BLOCK_D), dtype=tl.float32)
+    if pid_s < NQ:
+        # ---- quantized split: dequantize codes in registers
+        start = pid_s * Q_PER
+        end = tl.minimum(start + Q_PER, tl.load(k_len_ptr + b))
+        kc_base = kc_ptr + bh64 * stride_kc_bh
+        vc_base = vc_ptr + bh64 * stride_vc_bh
+        ks_base = ks_ptr + bh64 * stride_ks_bh
+        kmn_base = kmn_ptr + bh64 * stride_ks_bh
+        vs_base = vs_ptr + bh64 * stride_vs_bh
+        vmn_base = vmn_ptr + bh64 * stride_vs_bh
+        CODE_MASK: tl.constexpr = (1 << BITS) - 1
+        if BITS == 8:
+            byte_col = offs_d
+            shift = offs_d * 0
+        else:  # channel 2j in the low nibble of byte j, 2j+1 in the high one
+            byte_col = offs_d // 2
+            shift = (offs_d % 2) * 4
+        g_col = offs_d // GROUP_V  # the V scale column of channel d
+        for t0 in range(start, end, BLOCK_T):
+            offs_t = t0 + offs_tt
+            valid = offs_t < end
+            mask = valid[:, None] & mask_d[None, :]
+            g_row = offs_t // GROUP_K  # the K scale row of token t
+            kc = tl.load(kc_base + offs_t[:, None] * stride_kc_t + byte_col[None, :], mask=mask, other=0)
+            ks = tl.load(ks_base + g_row[:, None] * stride_ks_g + offs_d[None, :], mask=mask, other=0.0)
+            kmn = tl.load(kmn_base + g_row[:, None] * stride_ks_g + offs_d[None, :], mask=mask, other=0.0)
+            kq = (kc.to(tl.int32) >> shift[None, :]) & CODE_MASK
+            k = kq.to(tl.float32) * ks.to(tl.float32) + kmn.to(tl.float32)  # (BLOCK_T, BLOCK_D)
+            vc = tl.load(vc_base + offs_t[:, None] * stride_vc_t + byte_col[None, :], mask=mask, other=0)
+            vs = tl.load(vs_base + offs_t[:, None] * stride_vs_t + g_col[None, :], mask=mask, other=0.0)
+            vmn = tl.load(vmn_base + offs_t[:, None] * stride_vs_t + g_col[None, :], mask=mask, other=0.0)
+            vq = (vc.to(tl.int32) >> shift[None, :]) & CODE_MASK
+            v = vq.to(tl.float32) * vs.to(tl.float32) + vmn.to(tl.float32)  # (BLOCK_T, BLOCK_D)
+            m, l, acc = _softmax_step(q, k, v, valid, m, l, acc)
+    else:
+        # ---- residual split: full-precision keys and values
+        start = (pid_s - NQ) * R_PER
+        end = tl.minimum(start + R_PER, tl.load(r_len_ptr + b))
+        kr_base = kr_ptr + bh64 * stride_r_bh
+        vr_base = vr_ptr + bh64 * stride_r_bh
+        for t0 in range(start, end, BLOCK_T):
+            offs_t = t0 + offs_tt
+            valid = offs_t < end
+            mask = valid[:, None] & mask_d[None, :]
+            ptrs = offs_t[:, None] * stride_r_t + offs_d[None, :]
+            k = tl.load(kr_base + ptrs, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(vr_base + ptrs, mask=mask, other=0.0).to(tl.float32)
+            m, l, acc = _softmax_step(q, k, v, valid, m, l, acc)
+    # ---- partial results: (B·Hq, n_splits) max and sum, (B·Hq, n_splits, D) output
+    rows = (b * HKV * GROUP + heads).to(tl.int64) * n_splits + pid_s  # (GROUP_P,)
+    tl.store(m_part_ptr + rows, m, mask=mask_g)
+    tl.store(l_part_ptr + rows, l, mask=mask_g)
+    tl.store(o_part_ptr + rows[:, None] * D + offs_d[None, :], acc, mask=mask_g[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def _kv_decode_combine_kernel(
+    # pointers
+    o_part_ptr, m_part_ptr, l_part_ptr, out_ptr,
+    # sizes
+    D, N_SPLITS,
+    # meta-parameters
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """out = Σ_s 2^(m_s − M) · o_s / Σ_s 2^(m_s − M) · l_s for one (sequence, query head), M = max_s m_s.
+
+    A split with no valid token has m_s = −inf, l_s = 0, o_s = 0: its weight is 0.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_s = offs_s < N_SPLITS
+    m = tl.load(m_part_ptr + row * N_SPLITS + offs_s, mask=mask_s, other=float("-inf"))
+    l = tl.load(l_part_ptr + row * N_SPLITS + offs_s, mask=mask_s, other=0.0)
+    m_max = tl.max(m, axis=0)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_max)  # (BLOCK_S,)
+    total = tl.sum(w * l, axis=0)
+    total = tl.where(total == 0.0, 1.0, total)  # only if no token at all (rejected by the launcher)
+    o = tl.load(o_part_ptr + (row * N_SPLITS + offs_s[:, None]) * D + offs_d[None, :],
+                mask=mask_s[:, None] & (offs_d[None, :] < D), other=0.0)  # (BLOCK_S, BLOCK_D)
+    out = tl.sum(w[:, None] * o, axis=0) / total
+    tl.store(out_ptr + row * D + offs_d, out.to(out_ptr.dtype.element_ty), mask=offs_d < D)
+
+
+# ------------------------------------------------------------------ launcher
+
+# programs per SM to aim for on CUDA, and the fewest tokens a split should cover (in BLOCK_T tiles)
+PROGRAMS_PER_SM = 3
+MIN_TILES_PER_SPLIT = 4
+# the interpreter runs programs one after the other: few splits keep the tests fast
+INTERPRETER_MAX_SPLITS = 4
+# elements of the (GROUP_P, BLOCK_T, BLOCK_D) product tile: bounds the registers the broadcast sums use
+_TILE_ELEMS = 8192
+
+
+def _region_splits(n_tokens: int, per_region: int, block_t: int) -> tuple[int, int]:
+    """(tokens per split, number of splits) that cut ``n_tokens`` into ≤ ``per_region`` whole-tile pieces."""
+    if n_tokens == 0:
+        return block_t, 0
+    per = triton.cdiv(triton.cdiv(n_tokens, max(1, per_region)), block_t) * block_t
+    return per, triton.cdiv(n_tokens, per)
+
+
+def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res, v_res, k_len, r_len, *,
+                        bits: int, group_k: int, group_v: int, sm_scale: float | None = None,
+                        num_splits: int | None = None, block_t: int | None = None) -> torch.Tensor:
+    """One decode step of attention over a quantized + residual KV cache -> (B, Hq, D) in ``q.dtype``.
+
+    ``num_splits``: the number of pieces each non-empty region (quantized tokens, residual
+    tokens) is cut into — at most, as each piece covers whole BLOCK_T tiles; None picks
+    about ``PROGRAMS_PER_SM`` programs per SM on CUDA (few in the interpreter).
+    ``block_t``: tokens per loop step (a power of two ≥ 16); None picks by head dim and GQA group.
+    ``k_res``/``v_res`` may be None (no residual window; ``r_len`` must then be all zero).
+    Lengths are read back to the host to check them (not inside a CUDA graph capture).
+    """
+    check(bits in (8, 4), f"bits={bits}: allowed 8 or 4")
+    check(q.dtype in _Q_DTYPES, f"q must be float16, bfloat16 or float32, got {q.dtype}")
+    check(q.ndim == 3, f"q must be 3-D (B, Hq, D), got shape {tuple(q.shape)}")
+    B, Hq, D = q.shape
+    for name, t in (("k_codes", k_codes), ("v_codes", v_codes)):
+        check(t.dtype == torch.uint8, f"{name} must be uint8, got {t.dtype}")
+        check(t.ndim == 4, f"{name} must be 4-D (B, Hkv, T, D*bits/8), got shape {tuple(t.shape)}")
+    check(bits == 8 or D % 2 == 0, f"D={D}: must be even for 4-bit codes (two per byte)")
+    Hkv, T = k_codes.shape[1], k_codes.shape[2]
+    check(Hkv >= 1 and Hq % Hkv == 0, f"Hq={Hq} must be a multiple of Hkv={Hkv} (k_codes.shape[1])")
+    code_shape = (B, Hkv, T, D * bits // 8)
+    for name, t in (("k_codes", k_codes), ("v_codes", v_codes)):
+        check(tuple(t.shape) == code_shape,
+              f"{name} has shape {tuple(t.shape)}: allowed {code_shape} for q {tuple(q.shape)} with bits={bits}")
+    check(isinstance(group_k, int) and group_k > 0 and T % group_k == 0,
+          f"group_k={group_k!r}: must be a positive divisor of T={T}")
+    check(isinstance(group_v, int) and group_v > 0 and D % group_v == 0,
+          f"group_v={group_v!r}: must be a positive divisor of D={D}")
+    for name, t, shape in (("k_scale", k_scale, (B, Hkv, T // group_k, D)), ("k_mn", k_mn, (B, Hkv, T // group_k, D)),
+                           ("v_scale", v_scale, (B, Hkv, T, D // group_v)), ("v_mn", v_mn, (B, Hkv, T, D // group_v))):
+        check(t.dtype in _SCALE_DTYPES, f"{name} must be float16 or float32, got {t.dtype}")
+        check(tuple(t.shape) == shape, f"{name} has shape {tuple(t.shape)}: allowed {shape}")
+    check(k_mn.dtype == k_scale.dtype and v_mn.dtype == v_scale.dtype,
+          f"k_mn/v_mn must have the dtype of k_scale/v_scale, got {k_mn.dtype}/{v_mn.dtype} "
+          f"and {k_scale.dtype}/{v_scale.dtype}")
+    check((k_res is None) == (v_res is None), "k_res and v_res must both be given or both be None")
+    if k_res is None:
+        k_res = v_res = torch.empty(B, Hkv, 0, D, dtype=q.dtype, device=q.device)
+    R = k_res.shape[2] if k_res.ndim == 4 else -1
+    for name, t in (("k_res", k_res), ("v_res", v_res)):
+        check(t.dtype == q.dtype, f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
+        check(t.ndim == 4 and tuple(t.shape) == (B, Hkv, R, D),
+              f"{name} has shape {tuple(t.shape)}: allowed (B, Hkv, R, D) = {(B, Hkv, max(R, 0), D)}")
+    for name, t in (("k_len", k_len), ("r_len", r_len)):
+        check(t.dtype == torch.int32, f"{name} must be int32, got {t.dtype}")
+        check(tuple(t.shape) == (B,), f"{name} has shape {tuple(t.shape)}: allowed ({B},)")
+    tensors = (("q", q), ("k_codes", k_codes), ("k_scale", k_scale), ("k_mn", k_mn), ("v_codes", v_codes),
+               ("v_scale", v_scale), ("v_mn", v_mn), ("k_res", k_res), ("v_res", v_res), ("k_len", k_len),
+               ("r_len", r_len))
+    for name, t in tensors:
+        check(t.device == q.device, f"{name} is on {t.device}, q on {q.device}")
+        check(t.is_contiguous(), f"{name} must be contiguous")
+    k_lens, r_lens = k_len.tolist(), r_len.tolist()
+    for b, (n_k, n_r) in enumerate(zip(k_lens, r_lens)):
+        check(0 <= n_k <= T and n_k % group_k == 0,
+              f"k_len[{b}]={n_k}: allowed a multiple of group_k={group_k} in 0 … T={T}")
+        check(0 <= n_r <= R, f"r_len[{b}]={n_r}: allowed 0 … R={R}")
+        check(n_k + n_r >= 1, f"k_len[{b}] + r_len[{b}] = 0: every sequence needs at least one token")
+    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
+    check(math.isfinite(sm_scale) and sm_scale > 0, f"sm_scale={sm_scale}: must be a positive finite number")
+    check(num_splits is None or (isinstance(num_splits, int) and num_splits >= 1),
+          f"num_splits={num_splits!r}: allowed None or a positive integer")
+    check(block_t is None or (isinstance(block_t, int) and block_t >= 16 and block_t & (block_t - 1) == 0),
+          f"block_t={block_t!r}: allowed None or a power of two ≥ 16")
+    if B == 0 or Hq == 0:
+        return torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
+
+    GROUP = Hq // Hkv
+    GROUP_P = triton.next_power_of_2(GROUP)
+    BLOCK_D = triton.next_power_of_2(D)
+    BLOCK_T = block_t or min(64, max(16, triton.next_power_of_2(_TILE_ELEMS // (GROUP_P * BLOCK_D) + 1) // 2))
+    # ---- splits: cut the tokens that some sequence holds (not the capacity) into homogeneous pieces
+    max_k, max_r = max(k_lens), max(r_lens)
+    if num_splits is None:
+        interpreted = os.environ.get("TRITON_INTERPRET") == "1" or not q.is_cuda
+        if interpreted:
+            target = INTERPRETER_MAX_SPLITS
+        else:
+            sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+            target = max(1, triton.cdiv(PROGRAMS_PER_SM * sms, B * Hkv))
+        min_tokens = MIN_TILES_PER_SPLIT * BLOCK_T
+        n_q = min(target, triton.cdiv(max_k, min_tokens))
+        n_r = min(target, triton.cdiv(max_r, min_tokens))
+    else:
+        n_q = n_r = num_splits
+    q_per, n_q = _region_splits(max_k, n_q, BLOCK_T)
+    r_per, n_r = _region_splits(max_r, n_r, BLOCK_T)
+    n_splits = n_q + n_r
+    # an empty region is never read, but its pointer must still have the right element type
+    if T == 0:
+        k_codes = v_codes = torch.zeros(1, dtype=torch.uint8, device=q.device)
+        k_scale = k_mn = torch.zeros(1, dtype=k_scale.dtype, device=q.device)
+        v_scale = v_mn = torch.zeros(1, dtype=v_scale.dtype, device=q.device)
+    if R == 0:
+        k_res = v_res = torch.zeros(1, dtype=q.dtype, device=q.device)
+
+    o_part = torch.empty(B * Hq, n_splits, D, dtype=torch.float32, device=q.device)
+    m_part = torch.empty(B * Hq, n_splits, dtype=torch.float32, device=q.device)
+    l_part = torch.empty(B * Hq, n_splits, dtype=torch.float32, device=q.device)
+    _kv_decode_split_kernel[(B * Hkv, n_splits)](
+        q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res, v_res, k_len, r_len, o_part, m_part, l_part,
+        Hkv, D, n_q, q_per, r_per, sm_scale * math.log2(math.e),
+        Hq * D, D, T * (D * bits // 8), D * bits // 8, (T // group_k) * D, D,
+        T * (D * bits // 8), D * bits // 8, T * (D // group_v), D // group_v, R * D, D,
+        GROUP=GROUP, GROUP_P=GROUP_P, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, BITS=bits, GROUP_K=group_k, GROUP_V=group_v,
+        num_warps=4,
+    )
+    out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
+    _kv_decode_combine_kernel[(B * Hq,)](
+        o_part, m_part, l_part, out, D, n_splits,
+        BLOCK_S=triton.next_power_of_2(n_splits), BLOCK_D=BLOCK_D, num_warps=1 if BLOCK_D <= 128 else 2,
+    )
+    return out
