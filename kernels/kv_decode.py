@@ -104,22 +104,23 @@ def quantize_kv_ref(k: torch.Tensor, v: torch.Tensor, *, bits: int, group_k: int
             _pack(vq, bits), v_scale.squeeze(4).contiguous(), v_mn.squeeze(4).contiguous())
 
 
+def _dequantize_ref(codes: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, bits: int, group: int,
+                    dim: int) -> torch.Tensor:
+    """codes · scale + mn in float32, each (scale, mn) entry repeated over ``group`` positions along ``dim``."""
+    q = _unpack(codes, bits).float()
+    return q * scale.float().repeat_interleave(group, dim=dim) + mn.float().repeat_interleave(group, dim=dim)
+
+
 def dequantize_k_ref(k_codes: torch.Tensor, k_scale: torch.Tensor, k_mn: torch.Tensor, *, bits: int,
                      group_k: int) -> torch.Tensor:
     """Keys (B, Hkv, T, D) float32 from per-channel codes: codes · scale[t // group_k] + mn[t // group_k]."""
-    q = _unpack(k_codes, bits).float()
-    s = k_scale.float().repeat_interleave(group_k, dim=2)  # (B, H, T, D)
-    m = k_mn.float().repeat_interleave(group_k, dim=2)
-    return q * s + m
+    return _dequantize_ref(k_codes, k_scale, k_mn, bits, group_k, dim=2)  # scale (B, H, T/gk, D): groups of tokens
 
 
 def dequantize_v_ref(v_codes: torch.Tensor, v_scale: torch.Tensor, v_mn: torch.Tensor, *, bits: int,
                      group_v: int) -> torch.Tensor:
     """Values (B, Hkv, T, D) float32 from per-token codes: codes · scale[d // group_v] + mn[d // group_v]."""
-    q = _unpack(v_codes, bits).float()
-    s = v_scale.float().repeat_interleave(group_v, dim=3)  # (B, H, T, D)
-    m = v_mn.float().repeat_interleave(group_v, dim=3)
-    return q * s + m
+    return _dequantize_ref(v_codes, v_scale, v_mn, bits, group_v, dim=3)  # scale (B, H, T, D/gv): groups of channels
 
 
 def kv_decode_ref(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res, v_res, k_len, r_len, *,
