@@ -311,7 +311,8 @@ def _region_splits(n_tokens: int, per_region: int, block_t: int) -> tuple[int, i
 
 def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res, v_res, k_len, r_len, *,
                         bits: int, group_k: int, group_v: int, sm_scale: float | None = None,
-                        num_splits: int | None = None, block_t: int | None = None) -> torch.Tensor:
+                        num_splits: int | None = None, block_t: int | None = None,
+                        max_len: tuple[int, int] | None = None) -> torch.Tensor:
     """One decode step of attention over a quantized + residual KV cache -> (B, Hq, D) in ``q.dtype``.
 
     ``num_splits``: the number of pieces each non-empty region (quantized tokens, residual
@@ -319,7 +320,9 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
     about ``PROGRAMS_PER_SM`` programs per SM on CUDA (few in the interpreter).
     ``block_t``: tokens per loop step (a power of two ≥ 16); None picks by head dim and GQA group.
     ``k_res``/``v_res`` may be None (no residual window; ``r_len`` must then be all zero).
-    Lengths are read back to the host to check them (not inside a CUDA graph capture).
+    Lengths are read back to the host to check them and to size the splits, which a CUDA graph
+    capture cannot do: a server that knows its longest sequences passes ``max_len=(max k_len, max r_len)``
+    instead (checked against T and R; each ``k_len[b]`` must then not exceed it — tokens past it are not read).
     """
     check(bits in (8, 4), f"bits={bits}: allowed 8 or 4")
     check(q.dtype in _Q_DTYPES, f"q must be float16, bfloat16 or float32, got {q.dtype}")
@@ -363,12 +366,22 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
     for name, t in tensors:
         check(t.device == q.device, f"{name} is on {t.device}, q on {q.device}")
         check(t.is_contiguous(), f"{name} must be contiguous")
-    k_lens, r_lens = k_len.tolist(), r_len.tolist()
-    for b, (n_k, n_r) in enumerate(zip(k_lens, r_lens)):
-        check(0 <= n_k <= T and n_k % group_k == 0,
-              f"k_len[{b}]={n_k}: allowed a multiple of group_k={group_k} in 0 … T={T}")
-        check(0 <= n_r <= R, f"r_len[{b}]={n_r}: allowed 0 … R={R}")
-        check(n_k + n_r >= 1, f"k_len[{b}] + r_len[{b}] = 0: every sequence needs at least one token")
+    if max_len is None:
+        k_lens, r_lens = k_len.tolist(), r_len.tolist()
+        for b, (n_k, n_r) in enumerate(zip(k_lens, r_lens)):
+            check(0 <= n_k <= T and n_k % group_k == 0,
+                  f"k_len[{b}]={n_k}: allowed a multiple of group_k={group_k} in 0 … T={T}")
+            check(0 <= n_r <= R, f"r_len[{b}]={n_r}: allowed 0 … R={R}")
+            check(n_k + n_r >= 1, f"k_len[{b}] + r_len[{b}] = 0: every sequence needs at least one token")
+        max_k, max_r = (max(k_lens), max(r_lens)) if B else (0, 0)
+    else:
+        check(isinstance(max_len, tuple) and len(max_len) == 2 and all(isinstance(n, int) for n in max_len),
+              f"max_len={max_len!r}: allowed None or a pair of ints (max k_len, max r_len)")
+        max_k, max_r = max_len
+        check(0 <= max_k <= T and max_k % group_k == 0,
+              f"max_len[0]={max_k}: allowed a multiple of group_k={group_k} in 0 … T={T}")
+        check(0 <= max_r <= R, f"max_len[1]={max_r}: allowed 0 … R={R}")
+        check(max_k + max_r >= 1, f"max_len={max_len}: at least one token")
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
     check(math.isfinite(sm_scale) and sm_scale > 0, f"sm_scale={sm_scale}: must be a positive finite number")
     check(num_splits is None or (isinstance(num_splits, int) and num_splits >= 1),
@@ -383,7 +396,6 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
     BLOCK_D = triton.next_power_of_2(D)
     BLOCK_T = block_t or min(64, max(16, triton.next_power_of_2(_TILE_ELEMS // (GROUP_P * BLOCK_D) + 1) // 2))
     # ---- splits: cut the tokens that some sequence holds (not the capacity) into homogeneous pieces
-    max_k, max_r = max(k_lens), max(r_lens)
     if num_splits is None:
         interpreted = os.environ.get("TRITON_INTERPRET") == "1" or not q.is_cuda
         if interpreted:

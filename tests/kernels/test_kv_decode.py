@@ -179,3 +179,15 @@ def test_bad_input_is_reported():
     raises(r"k_res and v_res must both be given", v_res=None)
     raises(r"num_splits=0", num_splits=0)
     raises(r"block_t=24", block_t=24)
+    raises(r"max_len\[0\]=96: allowed a multiple of group_k=32 in 0 … T=64", max_len=(96, 8))
+    raises(r"max_len\[1\]=9: allowed 0 … R=8", max_len=(64, 9))
+    raises(r"max_len=\[64, 8\]: allowed None or a pair of ints", max_len=[64, 8])
+
+
+@pytest.mark.parametrize("bits", [8, 4], ids=lambda b: f"{b}bit")
+def test_max_len_skips_the_host_read_and_gives_the_same_output(bits):
+    """A caller that knows the longest lengths (as under CUDA-graph capture) gets exactly the checked path's output."""
+    args, meta = _cache(bits=bits)
+    want = kv_decode_attention(**args, **meta)
+    got = kv_decode_attention(**args, **meta, max_len=(96, 16))
+    assert torch.equal(got, want)
