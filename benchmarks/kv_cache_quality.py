@@ -1,0 +1,119 @@
+"""SmolLM2 with a quantized KV cache up to its 8192-token limit: perplexity by context position, greedy agreement, bytes held.
+
+    python benchmarks/kv_cache_quality.py --device cuda --out benchmarks/results/kv_cache_quality_h200.json
+
+Settings (``qtutor.kvcache.quantized_cache``): the float cache, FP8 E4M3 (scale 1), and KIVI int8 / int4 / int2
+(keys per channel over groups of 32 tokens, values per token over groups of 32 channels, the newest 128–159
+tokens in full precision), plus two int2 ablations: no residual window, and keys grouped per token like values.
+
+Perplexity: ``--windows`` non-overlapping windows of ``--ctx`` tokens from the start of WikiText-2 test, fed
+through the cache ``--chunk`` tokens at a time (each chunk attends to itself in full precision and to every older
+token as the cache holds it), scored by position bucket. Greedy agreement: ``--n-new`` tokens from the course's
+chat prompts against the float cache. Bytes held: ``cache_nbytes`` after the first window (``ctx`` tokens).
+float32 weights and compute (no TF32), as the course's CPU runs.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import sys
+import time
+
+import torch
+
+PROMPTS = ["Explain in two sentences why the sky is blue.",
+           "Write a short Python function that reverses a string.",
+           "What is the capital of France, and what is it known for?",
+           "Give three tips for learning a new language."]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--ctx", type=int, default=8192)
+    ap.add_argument("--windows", type=int, default=4)
+    ap.add_argument("--chunk", type=int, default=256)
+    ap.add_argument("--n-new", type=int, default=64)
+    ap.add_argument("--settings", default="float,fp8,int8,int4,int2,int2_no_residual,int2_keys_per_token")
+    a = ap.parse_args()
+
+    import transformers
+    from transformers.cache_utils import DynamicCache
+
+    from qtutor.eval import EvalConfig, eval_windows
+    from qtutor.kvcache import KIVILayer, cache_nbytes, greedy_agreement, nll_by_context, position_nll, \
+        quantized_cache
+    from qtutor.model import load_model
+
+    torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model, tok = load_model(device=a.device)
+    windows = eval_windows(tok, EvalConfig(ctx=a.ctx, n_windows=a.windows)).to(a.device)
+    edges = [0] + [e for e in (512, 1024, 2048, 4096, 8192, 16384) if e < a.ctx] + [a.ctx]
+    prompts = []
+    for p in PROMPTS:
+        ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                      return_tensors="pt")
+        ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+        prompts.append(ids.to(a.device))
+
+    def make(setting):
+        if setting == "float":
+            return None
+        if setting == "int2_no_residual":
+            return quantized_cache(model, "int2", residual=0)
+        if setting == "int2_keys_per_token":
+            return quantized_cache(model, "int2", keys_per_token=True)
+        return quantized_cache(model, setting)
+
+    refs = [None] * len(prompts)
+    rows = []
+    for setting in a.settings.split(","):
+        t0 = time.time()
+        nll, held = [], None
+        for w in windows:
+            cache = make(setting)
+            cache = DynamicCache() if cache is None else cache
+            nll.append(position_nll(model, w[None], cache, chunk=a.chunk).cpu())
+            held = cache_nbytes(cache) if held is None else held
+        nll = torch.cat(nll)
+        agree = []
+        for i, p in enumerate(prompts):
+            if setting == "float":
+                r = greedy_agreement(model, p, DynamicCache(), n_new=a.n_new, reference=None)
+                refs[i] = r["reference"]
+            else:
+                r = greedy_agreement(model, p, make(setting), n_new=a.n_new, reference=refs[i])
+            agree.append({"same_prefix": r["same_prefix"], "agreement": r["agreement"]})
+        row = {"setting": setting, "perplexity": math.exp(float(nll.mean())),
+               "perplexity_by_position": nll_by_context(nll, edges), "bytes_held_at_ctx": held,
+               "greedy": agree, "seconds": time.time() - t0}
+        rows.append(row)
+        print(f"{setting:22s} ppl {row['perplexity']:.3f}  {row['perplexity_by_position']}  "
+              f"held {held / 2**20:.1f} MiB  greedy {[g['same_prefix'] for g in agree]}  {row['seconds']:.0f}s",
+              flush=True)
+    result = {
+        "what": "SmolLM2-135M-Instruct (dequantized Q4_1) with quantized KV caches, WikiText-2 test",
+        "command": "python " + " ".join(sys.argv),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor(),
+        "host": platform.node(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+        "protocol": {"ctx": a.ctx, "windows": a.windows, "chunk": a.chunk, "n_new": a.n_new, "edges": edges,
+                     "kivi_defaults": {"group_size": KIVILayer().group_size, "residual": KIVILayer().residual}},
+        "rows": rows,
+    }
+    from pathlib import Path
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    print("wrote", a.out)
+
+
+if __name__ == "__main__":
+    main()
