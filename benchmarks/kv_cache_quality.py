@@ -8,8 +8,9 @@ tokens in full precision), plus two int2 ablations: no residual window, and keys
 
 Perplexity: ``--windows`` non-overlapping windows of ``--ctx`` tokens from the start of WikiText-2 test, fed
 through the cache ``--chunk`` tokens at a time (each chunk attends to itself in full precision and to every older
-token as the cache holds it), scored by position bucket. Greedy agreement: ``--n-new`` tokens from the course's
-chat prompts against the float cache. Bytes held: ``cache_nbytes`` after the first window (``ctx`` tokens).
+token as the cache holds it), scored by position bucket. Greedy agreement: ``--n-new`` tokens against the float
+cache's, from the course's short chat prompts (which never leave a 128-token residual window) and from
+``--long-prompt`` tokens of WikiText test that follow the perplexity windows. Bytes held: ``cache_nbytes`` after the first window (``ctx`` tokens).
 float32 weights and compute (no TF32), as the course's CPU runs.
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--n-new", type=int, default=64)
+    ap.add_argument("--long-prompt", type=int, default=2000, help="tokens of WikiText before greedy continuation")
     ap.add_argument("--settings", default="float,fp8,int8,int4,int2,int2_no_residual,int2_keys_per_token")
     a = ap.parse_args()
 
@@ -61,6 +63,13 @@ def main() -> None:
                                       return_tensors="pt")
         ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
         prompts.append(ids.to(a.device))
+    # long prompts: WikiText test text after the perplexity windows, so that the cache holds far more than the
+    # residual window when generation starts (a short chat prompt never leaves it)
+    from qtutor.data import tokenize_corpus
+    text = tokenize_corpus(tok, "eval")
+    start = a.windows * a.ctx
+    long_prompts = [text[start + i * a.long_prompt: start + (i + 1) * a.long_prompt][None].to(a.device)
+                    for i in range(len(PROMPTS))]
 
     def make(setting):
         if setting == "float":
@@ -72,6 +81,7 @@ def main() -> None:
         return quantized_cache(model, setting)
 
     refs = [None] * len(prompts)
+    long_refs = [None] * len(long_prompts)
     rows = []
     for setting in a.settings.split(","):
         t0 = time.time()
@@ -90,12 +100,17 @@ def main() -> None:
             else:
                 r = greedy_agreement(model, p, make(setting), n_new=a.n_new, reference=refs[i])
             agree.append({"same_prefix": r["same_prefix"], "agreement": r["agreement"]})
+        agree_long = []
+        for i, p in enumerate(long_prompts):
+            r = greedy_agreement(model, p, make(setting) or DynamicCache(), n_new=a.n_new, reference=long_refs[i])
+            long_refs[i] = r["reference"]
+            agree_long.append({"same_prefix": r["same_prefix"], "agreement": r["agreement"]})
         row = {"setting": setting, "perplexity": math.exp(float(nll.mean())),
                "perplexity_by_position": nll_by_context(nll, edges), "bytes_held_at_ctx": held,
-               "greedy": agree, "seconds": time.time() - t0}
+               "greedy": agree, "greedy_long_prompt": agree_long, "seconds": time.time() - t0}
         rows.append(row)
         print(f"{setting:22s} ppl {row['perplexity']:.3f}  {row['perplexity_by_position']}  "
-              f"held {held / 2**20:.1f} MiB  greedy {[g['same_prefix'] for g in agree]}  {row['seconds']:.0f}s",
+              f"held {held / 2**20:.1f} MiB  greedy {[g['same_prefix'] for g in agree]} long {[g['same_prefix'] for g in agree_long]}  {row['seconds']:.0f}s",
               flush=True)
     result = {
         "what": "SmolLM2-135M-Instruct (dequantized Q4_1) with quantized KV caches, WikiText-2 test",
@@ -106,6 +121,7 @@ def main() -> None:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
         "protocol": {"ctx": a.ctx, "windows": a.windows, "chunk": a.chunk, "n_new": a.n_new, "edges": edges,
+                     "long_prompt_tokens": a.long_prompt, "long_prompts_start_at_token": start,
                      "kivi_defaults": {"group_size": KIVILayer().group_size, "residual": KIVILayer().residual}},
         "rows": rows,
     }
