@@ -148,22 +148,40 @@ def kv_decode_ref(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res, v_re
 # ------------------------------------------------------------------- kernels
 
 @triton.jit
-def _softmax_step(q, k, v, valid, m, l, acc):
-    """Fold a (BLOCK_T, BLOCK_D) tile of keys/values into the running (max, sum, output) of GROUP_P heads.
+def _scores(q0, q1, k0, k1, PARTS: tl.constexpr, IEEE: tl.constexpr):
+    """(GROUP_M, BLOCK_T) = q · kᵀ summed over the channel parts (tensor cores; fp32 exact when IEEE)."""
+    if IEEE:
+        s = tl.dot(q0, tl.trans(k0), input_precision="ieee")
+        if PARTS == 2:
+            s += tl.dot(q1, tl.trans(k1), input_precision="ieee")
+    else:
+        s = tl.dot(q0, tl.trans(k0))
+        if PARTS == 2:
+            s += tl.dot(q1, tl.trans(k1))
+    return s
 
-    ``q`` is pre-multiplied by sm_scale·log2(e), so scores are in base 2 (``exp2``). A row
-    whose tokens have all been invalid so far keeps m = −inf, l = 0, acc = 0: the max is
-    taken as 0 for the exponentials, so no −inf − (−inf) = NaN appears.
+
+@triton.jit
+def _pv(p, v, acc, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(p, v, acc, input_precision="ieee")
+    return tl.dot(p.to(v.dtype), v, acc)
+
+
+@triton.jit
+def _online_softmax(s, valid, m, l, sm_scale_log2):
+    """Scale raw scores to base 2, mask, and return (probabilities, alpha, new max, new sum) of the running softmax.
+
+    A row whose tokens have all been invalid so far keeps m = −inf, l = 0: its max is taken as 0 for the
+    exponentials, so no −inf − (−inf) = NaN appears.
     """
-    s = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # (GROUP_P, BLOCK_T)
-    s = tl.where(valid[None, :], s, float("-inf"))
+    s = tl.where(valid[None, :], s * sm_scale_log2, float("-inf"))
     m_new = tl.maximum(m, tl.max(s, axis=1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m - m_safe)
     p = tl.exp2(s - m_safe[:, None])
     l = l * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)  # (GROUP_P, BLOCK_D)
-    return m_new, l, acc
+    return p, alpha, m_new, l
 
 
 @triton.jit
@@ -177,34 +195,49 @@ def _kv_decode_split_kernel(
     stride_qb, stride_qh, stride_kc_bh, stride_kc_t, stride_ks_bh, stride_ks_g,
     stride_vc_bh, stride_vc_t, stride_vs_bh, stride_vs_t, stride_r_bh, stride_r_t,
     # meta-parameters
-    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-    BITS: tl.constexpr, GROUP_K: tl.constexpr, GROUP_V: tl.constexpr,
+    GROUP: tl.constexpr, GROUP_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    BITS: tl.constexpr, GROUP_K: tl.constexpr, GROUP_V: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
-    """One (sequence, KV head) pair, its GROUP query heads, one split of tokens.
+    """One (sequence, KV head) pair, its GROUP query heads (padded to GROUP_M ≥ 16 rows for tl.dot), one split.
 
-    Splits 0 … NQ−1 cover the quantized tokens [s·Q_PER, (s+1)·Q_PER) ∩ [0, k_len[b]);
-    the rest cover the residual tokens likewise with R_PER and r_len[b]. K and V tiles
-    are loaded (and dequantized) once and used by all GROUP query heads.
+    Splits 0 … NQ−1 cover the quantized tokens [s·Q_PER, (s+1)·Q_PER) ∩ [0, k_len[b]); the rest cover the
+    residual tokens likewise with R_PER and r_len[b]. K and V tiles are loaded, dequantized in registers to q's
+    dtype (float32 when q is float32) and used by all GROUP query heads through two tensor-core products.
+
+    4-bit rows hold channels 2j and 2j+1 in byte j: rather than interleave the nibbles in registers, the head
+    dimension is handled as two parts — even channels (low nibbles) and odd channels (high nibbles) — each with
+    its own slice of q and of the output accumulator: q·kᵀ = q_even·k_evenᵀ + q_odd·k_oddᵀ, and p·V is computed
+    per part. 8-bit codes are one part.
     """
+    PARTS: tl.constexpr = 2 if BITS == 4 else 1
+    W: tl.constexpr = BLOCK_D // PARTS
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
     n_splits = tl.num_programs(1)
     b = pid_bh // HKV
     kvh = pid_bh % HKV
     bh64 = pid_bh.to(tl.int64)
-    offs_g = tl.arange(0, GROUP_P)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_g = tl.arange(0, GROUP_M)
+    offs_j = tl.arange(0, W)
     offs_tt = tl.arange(0, BLOCK_T)
+    d0 = offs_j * PARTS  # channels of part 0 (all channels for 8 bits)
+    d1 = offs_j * PARTS + 1  # channels of part 1 (4 bits only)
     mask_g = offs_g < GROUP
-    mask_d = offs_d < D
-    heads = kvh * GROUP + offs_g  # (GROUP_P,) query heads of this KV head
-    # ---- the query tile, scaled so that scores come out in base 2
-    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
-                mask=mask_g[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-    q = q * sm_scale_log2  # (GROUP_P, BLOCK_D)
-    m = tl.full((GROUP_P,), float("-inf"), dtype=tl.float32)
-    l = tl.zeros((GROUP_P,), dtype=tl.float32)
-    acc = tl.zeros((GROUP_P, BLOCK_D), dtype=tl.float32)
+    mask0 = d0 < D
+    mask1 = (d1 < D) & (PARTS == 2)
+    heads = kvh * GROUP + offs_g  # (GROUP_M,) query heads of this KV head
+    q_row = q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh
+    q0 = tl.load(q_row + d0[None, :], mask=mask_g[:, None] & mask0[None, :], other=0.0)
+    q1 = tl.load(q_row + d1[None, :], mask=mask_g[:, None] & mask1[None, :], other=0.0)
+    if UPCAST:  # bfloat16 under the interpreter, whose bf16 tl.dot is wrong: multiply in float32 there
+        q0 = q0.to(tl.float32)
+        q1 = q1.to(tl.float32)
+    DT = q0.dtype
+    m = tl.full((GROUP_M,), float("-inf"), dtype=tl.float32)
+    l = tl.zeros((GROUP_M,), dtype=tl.float32)
+    acc0 = tl.zeros((GROUP_M, W), dtype=tl.float32)
+    acc1 = tl.zeros((GROUP_M, W), dtype=tl.float32)
     if pid_s < NQ:
         # ---- quantized split: dequantize codes in registers
         start = pid_s * Q_PER
@@ -215,32 +248,50 @@ def _kv_decode_split_kernel(
         kmn_base = kmn_ptr + bh64 * stride_ks_bh
         vs_base = vs_ptr + bh64 * stride_vs_bh
         vmn_base = vmn_ptr + bh64 * stride_vs_bh
-        CODE_MASK: tl.constexpr = (1 << BITS) - 1
-        if BITS == 8:
-            byte_col = offs_d
-            shift = offs_d * 0
-        else:  # channel 2j in the low nibble of byte j, 2j+1 in the high one
-            byte_col = offs_d // 2
-            shift = (offs_d % 2) * 4
-        g_col = offs_d // GROUP_V  # the V scale column of channel d
+        g0, g1 = d0 // GROUP_V, d1 // GROUP_V  # the V scale column of each channel
         for t0 in range(start, end, BLOCK_T):
             offs_t = t0 + offs_tt
             valid = offs_t < end
-            mask = valid[:, None] & mask_d[None, :]
-            g_row = offs_t // GROUP_K  # the K scale row of token t
-            kc = tl.load(kc_base + offs_t[:, None] * stride_kc_t + byte_col[None, :], mask=mask, other=0)
-            ks = tl.load(ks_base + g_row[:, None] * stride_ks_g + offs_d[None, :], mask=mask, other=0.0)
-            kmn = tl.load(kmn_base + g_row[:, None] * stride_ks_g + offs_d[None, :], mask=mask, other=0.0)
-            kq = (kc.to(tl.int32) >> shift[None, :]) & CODE_MASK
-            k = kq.to(tl.float32) * ks.to(tl.float32) + kmn.to(tl.float32)  # (BLOCK_T, BLOCK_D)
-            vc = tl.load(vc_base + offs_t[:, None] * stride_vc_t + byte_col[None, :], mask=mask, other=0)
-            vs = tl.load(vs_base + offs_t[:, None] * stride_vs_t + g_col[None, :], mask=mask, other=0.0)
-            vmn = tl.load(vmn_base + offs_t[:, None] * stride_vs_t + g_col[None, :], mask=mask, other=0.0)
-            vq = (vc.to(tl.int32) >> shift[None, :]) & CODE_MASK
-            v = vq.to(tl.float32) * vs.to(tl.float32) + vmn.to(tl.float32)  # (BLOCK_T, BLOCK_D)
-            m, l, acc = _softmax_step(q, k, v, valid, m, l, acc)
+            m_t0 = valid[:, None] & mask0[None, :]
+            m_t1 = valid[:, None] & mask1[None, :]
+            # one byte column per j: the low nibble is channel 2j (part 0), the high one 2j+1 (part 1)
+            kc = tl.load(kc_base + offs_t[:, None] * stride_kc_t + offs_j[None, :], mask=m_t0, other=0)
+            vc = tl.load(vc_base + offs_t[:, None] * stride_vc_t + offs_j[None, :], mask=m_t0, other=0)
+            if GROUP_K % BLOCK_T == 0:  # the tile lies in one key group: one scale row for all its tokens
+                krow = ks_base + (t0 // GROUP_K) * stride_ks_g
+                kmrow = kmn_base + (t0 // GROUP_K) * stride_ks_g
+                ks0 = tl.load(krow + d0, mask=mask0, other=0.0).to(tl.float32)[None, :]
+                km0 = tl.load(kmrow + d0, mask=mask0, other=0.0).to(tl.float32)[None, :]
+                ks1 = tl.load(krow + d1, mask=mask1, other=0.0).to(tl.float32)[None, :]
+                km1 = tl.load(kmrow + d1, mask=mask1, other=0.0).to(tl.float32)[None, :]
+            else:
+                g_row = (offs_t // GROUP_K)[:, None] * stride_ks_g
+                ks0 = tl.load(ks_base + g_row + d0[None, :], mask=m_t0, other=0.0).to(tl.float32)
+                km0 = tl.load(kmn_base + g_row + d0[None, :], mask=m_t0, other=0.0).to(tl.float32)
+                ks1 = tl.load(ks_base + g_row + d1[None, :], mask=m_t1, other=0.0).to(tl.float32)
+                km1 = tl.load(kmn_base + g_row + d1[None, :], mask=m_t1, other=0.0).to(tl.float32)
+            v_row = offs_t[:, None] * stride_vs_t
+            vs0 = tl.load(vs_base + v_row + g0[None, :], mask=m_t0, other=0.0).to(tl.float32)
+            vm0 = tl.load(vmn_base + v_row + g0[None, :], mask=m_t0, other=0.0).to(tl.float32)
+            if BITS == 8:
+                k0 = (kc.to(tl.float32) * ks0 + km0).to(DT)
+                k1 = k0
+                v0 = (vc.to(tl.float32) * vs0 + vm0).to(DT)
+                v1 = v0
+            else:
+                vs1 = tl.load(vs_base + v_row + g1[None, :], mask=m_t1, other=0.0).to(tl.float32)
+                vm1 = tl.load(vmn_base + v_row + g1[None, :], mask=m_t1, other=0.0).to(tl.float32)
+                k0 = ((kc & 15).to(tl.float32) * ks0 + km0).to(DT)
+                k1 = ((kc >> 4).to(tl.float32) * ks1 + km1).to(DT)
+                v0 = ((vc & 15).to(tl.float32) * vs0 + vm0).to(DT)
+                v1 = ((vc >> 4).to(tl.float32) * vs1 + vm1).to(DT)
+            s = _scores(q0, q1, k0, k1, PARTS, IEEE)
+            p, alpha, m, l = _online_softmax(s, valid, m, l, sm_scale_log2)
+            acc0 = _pv(p, v0, acc0 * alpha[:, None], IEEE)
+            if PARTS == 2:
+                acc1 = _pv(p, v1, acc1 * alpha[:, None], IEEE)
     else:
-        # ---- residual split: full-precision keys and values
+        # ---- residual split: full-precision keys and values, read as the same channel parts
         start = (pid_s - NQ) * R_PER
         end = tl.minimum(start + R_PER, tl.load(r_len_ptr + b))
         kr_base = kr_ptr + bh64 * stride_r_bh
@@ -248,16 +299,25 @@ def _kv_decode_split_kernel(
         for t0 in range(start, end, BLOCK_T):
             offs_t = t0 + offs_tt
             valid = offs_t < end
-            mask = valid[:, None] & mask_d[None, :]
-            ptrs = offs_t[:, None] * stride_r_t + offs_d[None, :]
-            k = tl.load(kr_base + ptrs, mask=mask, other=0.0).to(tl.float32)
-            v = tl.load(vr_base + ptrs, mask=mask, other=0.0).to(tl.float32)
-            m, l, acc = _softmax_step(q, k, v, valid, m, l, acc)
+            m_t0 = valid[:, None] & mask0[None, :]
+            m_t1 = valid[:, None] & mask1[None, :]
+            row = offs_t[:, None] * stride_r_t
+            k0 = tl.load(kr_base + row + d0[None, :], mask=m_t0, other=0.0).to(DT)
+            v0 = tl.load(vr_base + row + d0[None, :], mask=m_t0, other=0.0).to(DT)
+            k1 = tl.load(kr_base + row + d1[None, :], mask=m_t1, other=0.0).to(DT)
+            v1 = tl.load(vr_base + row + d1[None, :], mask=m_t1, other=0.0).to(DT)
+            s = _scores(q0, q1, k0, k1, PARTS, IEEE)
+            p, alpha, m, l = _online_softmax(s, valid, m, l, sm_scale_log2)
+            acc0 = _pv(p, v0, acc0 * alpha[:, None], IEEE)
+            if PARTS == 2:
+                acc1 = _pv(p, v1, acc1 * alpha[:, None], IEEE)
     # ---- partial results: (B·Hq, n_splits) max and sum, (B·Hq, n_splits, D) output
-    rows = (b * HKV * GROUP + heads).to(tl.int64) * n_splits + pid_s  # (GROUP_P,)
+    rows = (b * HKV * GROUP + heads).to(tl.int64) * n_splits + pid_s  # (GROUP_M,)
     tl.store(m_part_ptr + rows, m, mask=mask_g)
     tl.store(l_part_ptr + rows, l, mask=mask_g)
-    tl.store(o_part_ptr + rows[:, None] * D + offs_d[None, :], acc, mask=mask_g[:, None] & mask_d[None, :])
+    tl.store(o_part_ptr + rows[:, None] * D + d0[None, :], acc0, mask=mask_g[:, None] & mask0[None, :])
+    if PARTS == 2:
+        tl.store(o_part_ptr + rows[:, None] * D + d1[None, :], acc1, mask=mask_g[:, None] & mask1[None, :])
 
 
 @triton.jit
@@ -297,8 +357,6 @@ PROGRAMS_PER_SM = 3
 MIN_TILES_PER_SPLIT = 4
 # the interpreter runs programs one after the other: few splits keep the tests fast
 INTERPRETER_MAX_SPLITS = 4
-# elements of the (GROUP_P, BLOCK_T, BLOCK_D) product tile: bounds the registers the broadcast sums use
-_TILE_ELEMS = 8192
 
 
 def _region_splits(n_tokens: int, per_region: int, block_t: int) -> tuple[int, int]:
@@ -392,12 +450,15 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
         return torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
 
     GROUP = Hq // Hkv
-    GROUP_P = triton.next_power_of_2(GROUP)
-    BLOCK_D = triton.next_power_of_2(D)
-    BLOCK_T = block_t or min(64, max(16, triton.next_power_of_2(_TILE_ELEMS // (GROUP_P * BLOCK_D) + 1) // 2))
+    GROUP_M = max(16, triton.next_power_of_2(GROUP))  # tl.dot needs at least 16 rows: pad the query heads
+    BLOCK_D = max(32, triton.next_power_of_2(D))  # 4-bit parts of BLOCK_D / 2 ≥ 16 channels feed tl.dot
+    # a tile inside one key group reads one row of key scales: prefer the largest such tile up to 64 tokens
+    BLOCK_T = block_t or next((t for t in (64, 32, 16) if group_k % t == 0), 64)
     # ---- splits: cut the tokens that some sequence holds (not the capacity) into homogeneous pieces
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1" or not q.is_cuda
+    # the interpreter's bfloat16 tl.dot returns garbage (seen with triton 3.8 on CPU): there bf16 multiplies in float32
+    upcast = interpreted and q.dtype == torch.bfloat16
     if num_splits is None:
-        interpreted = os.environ.get("TRITON_INTERPRET") == "1" or not q.is_cuda
         if interpreted:
             target = INTERPRETER_MAX_SPLITS
         else:
@@ -427,8 +488,8 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
         Hkv, D, n_q, q_per, r_per, sm_scale * math.log2(math.e),
         Hq * D, D, T * (D * bits // 8), D * bits // 8, (T // group_k) * D, D,
         T * (D * bits // 8), D * bits // 8, T * (D // group_v), D // group_v, R * D, D,
-        GROUP=GROUP, GROUP_P=GROUP_P, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, BITS=bits, GROUP_K=group_k, GROUP_V=group_v,
-        num_warps=4,
+        GROUP=GROUP, GROUP_M=GROUP_M, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, BITS=bits, GROUP_K=group_k, GROUP_V=group_v,
+        IEEE=q.dtype == torch.float32 or upcast, UPCAST=upcast, num_warps=4,
     )
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
     _kv_decode_combine_kernel[(B * Hq,)](
