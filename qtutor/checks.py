@@ -1100,3 +1100,62 @@ def check_bisection_step(fn: Callable) -> None:
                               "threshold means the culprit is in the half you tested")
         raise CheckFailed(f"returned {got} for {n} layers with the culprit at position {culprit}; expected {want}")
     _ok("bisection step matches qtutor (first half tested, culprit's half returned)")
+
+
+# --- 15: KV cache ----------------------------------------------------------------
+
+def _keys_per_token_variant(k: torch.Tensor, n_bits: int, group_size: int) -> torch.Tensor:
+    """The common slip: groups of channels within each token (the values' grouping) instead of tokens per channel."""
+    from . import exercises
+
+    return exercises.fake_quant_keys(k.transpose(2, 3), n_bits, group_size).transpose(2, 3)
+
+
+@_checker
+def check_fake_quant_keys(fn: Callable) -> None:
+    """``fn(k, n_bits, group_size) -> k_hat``: asymmetric, per channel over groups of ``group_size`` tokens."""
+    from . import exercises
+
+    gen = torch.Generator().manual_seed(15)
+    k = torch.randn(2, 3, 64, 32, generator=gen)
+    k[..., 5] = k[..., 5] * 10 + 20  # an outlier channel, far from zero, as real keys have
+    k[0, 0, 16:32, 7] = 1.5  # a constant group: its scale is 0, which must not become NaN
+    for n_bits, gs in ((4, 16), (2, 32), (8, 64)):
+        call = f"{fn.name}(k, {n_bits}, {gs})"
+        got = _tensor(fn(k.clone(), n_bits, gs), call, floating=True, finite=False)
+        if got.shape != k.shape:
+            raise CheckFailed(f"{call} has shape {tuple(got.shape)}: reshape back to {tuple(k.shape)}")
+        got = got.float()
+        if not bool(torch.isfinite(got).all()):
+            raise CheckFailed(f"{call} holds NaN or inf — one group of channel 7 is constant, so max − min = 0: "
+                              "use scale 1 where it is 0")
+        want = exercises.fake_quant_keys(k, n_bits, gs)
+        if torch.allclose(got, want, atol=1e-4):
+            continue
+        qmax = 2**n_bits - 1
+        if torch.allclose(got, _keys_per_token_variant(k, n_bits, gs), atol=1e-4):
+            raise CheckFailed(f"{n_bits}-bit g{gs}: you grouped channels within each token (how KIVI does values); "
+                              "keys take min and max over group_size tokens of each channel: reduce over the token axis")
+        whole = exercises.fake_quant_keys(k, n_bits, k.shape[2])
+        if gs != k.shape[2] and torch.allclose(got, whole, atol=1e-4):
+            raise CheckFailed(f"{n_bits}-bit g{gs}: one scale per channel over all {k.shape[2]} tokens — split the "
+                              f"tokens into groups of {gs} first: reshape to (B, H, T // {gs}, {gs}, D)")
+        sym = k.reshape(2, 3, -1, gs, 32)
+        s = sym.abs().amax(3, keepdim=True) / (2 ** (n_bits - 1) - 1 if n_bits > 1 else 1)
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        sym = (torch.round(sym / s).clamp(-(2 ** (n_bits - 1) - 1), 2 ** (n_bits - 1) - 1) * s).reshape(k.shape)
+        if torch.allclose(got, sym, atol=1e-4):
+            raise CheckFailed(f"{n_bits}-bit g{gs}: that is symmetric quantization — KIVI stores min and scale, "
+                              f"codes 0 … {qmax}: scale = (max − min) / {qmax}, x̂ = code · scale + min")
+        g = k.reshape(2, 3, -1, gs, 32)
+        lo, hi = g.amin(3, keepdim=True), g.amax(3, keepdim=True)
+        s2 = (hi - lo) / 2**n_bits
+        s2 = torch.where(s2 > 0, s2, torch.ones_like(s2))
+        wrong = (torch.clamp(torch.round((g - lo) / s2), 0, qmax) * s2 + lo).reshape(k.shape)
+        if torch.allclose(got, wrong, atol=1e-4):
+            raise CheckFailed(f"{n_bits}-bit g{gs}: you divided by 2**n_bits = {2**n_bits}; {n_bits}-bit codes go "
+                              f"from 0 to {qmax}, so scale = (max − min) / {qmax}")
+        err = float((got - want).abs().max())
+        raise CheckFailed(f"{n_bits}-bit g{gs}: k_hat differs from qtutor's by up to {err:.3g}; codes "
+                          f"round((k − min) / scale) clamped to 0 … {qmax}, min and max per channel per token group")
+    _ok("key quantization matches qtutor (per channel over token groups, asymmetric, 2/4/8 bits)")

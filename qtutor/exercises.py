@@ -203,3 +203,24 @@ def bisection_step(layers: list, evaluate, threshold: float) -> list:
     from .diagnose.bisect import choose_half
 
     return choose_half(layers, evaluate, threshold)
+
+
+# --- notebook 15 ---
+
+__all__ += ["fake_quant_keys"]
+
+
+def fake_quant_keys(k: torch.Tensor, n_bits: int, group_size: int) -> torch.Tensor:
+    """Exercise 15.1: KIVI's key quantization, dequantized — per channel, over groups of ``group_size`` tokens.
+
+    ``k`` is (batch, heads, tokens, head_dim) with tokens a multiple of ``group_size``; asymmetric min/max codes
+    0 … 2**n_bits - 1 in float32 (no float16 rounding of the scale, unlike the cache's stored form).
+    """
+    B, H, T, D = k.shape
+    g = k.float().reshape(B, H, T // group_size, group_size, D)
+    lo, hi = g.amin(3, keepdim=True), g.amax(3, keepdim=True)
+    qmax = 2**n_bits - 1
+    scale = (hi - lo) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.clamp(torch.round((g - lo) / scale), 0, qmax)
+    return (q * scale + lo).reshape(B, H, T, D)
