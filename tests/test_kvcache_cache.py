@@ -471,7 +471,7 @@ def test_unknown_setting(make_tiny_llama, setting):
 
 
 def test_unknown_keyword_names_the_setting():
-    with pytest.raises(ValueError, match="'fp8' cache:.*bits"):
+    with pytest.raises(ValueError, match="bits=4: the setting 'fp8' fixes the bits"):
         quantized_cache(LlamaConfig(num_hidden_layers=1), "fp8", bits=4)
     with pytest.raises(ValueError, match="'int4' cache:.*residual_length"):
         quantized_cache(LlamaConfig(num_hidden_layers=1), "int4", residual_length=4)
@@ -522,3 +522,8 @@ def test_smollm2_int8_kivi_generation_matches_the_float_cache(smollm2):
     if agree4 < len(r):  # a flip only where the float model nearly tied
         top2 = ref.logits[agree4][0].topk(2).values
         assert top2[0] - top2[1] <= 2 * gaps4[agree4]
+
+
+def test_a_setting_and_conflicting_bits_are_an_error(make_tiny_llama):
+    with pytest.raises(ValueError, match=r"bits=4: the setting 'int8' fixes the bits"):
+        quantized_cache(make_tiny_llama(), "int8", bits=4)

@@ -277,6 +277,9 @@ def quantized_cache(model_or_config, setting: str = "int4", **kwargs) -> Cache:
     if setting not in KV_SETTINGS:
         raise ValueError(f"setting={setting!r}: choose one of {sorted(KV_SETTINGS)}")
     kind, base = KV_SETTINGS[setting]
+    if "bits" in kwargs:
+        raise ValueError(f"bits={kwargs['bits']!r}: the setting {setting!r} fixes the bits; choose the setting "
+                         f"by name instead ({sorted(KV_SETTINGS)})")
     cls = KIVILayer if kind == "kivi" else FP8Layer
     args = {**base, **kwargs}
     n = _n_layers(model_or_config)
