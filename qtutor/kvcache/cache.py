@@ -64,7 +64,20 @@ def _check_max_tokens(max_tokens) -> None:
         raise ValueError(f"max_tokens={max_tokens!r}: a positive whole number of tokens, or None for no limit")
 
 
-class KIVILayer(DynamicLayer):
+class _BatchOps:
+    """Beam reorder and batch select/repeat through the layer's ``_batch_apply(fn)``, which maps every stored tensor."""
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._batch_apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._batch_apply(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._batch_apply(lambda t: t[indices, ...])
+
+
+class KIVILayer(_BatchOps, DynamicLayer):
     """One decoder block's KIVI cache. ``self.keys`` / ``self.values`` hold the full-precision residual window.
 
     bits: 2, 4 or 8. group_size: tokens per key scale and channels per value scale (must divide head_dim).
@@ -177,15 +190,6 @@ class KIVILayer(DynamicLayer):
                 setattr(self, name, fn(getattr(self, name)))
         self._shape = (self.keys.shape[0],) + self._shape[1:]
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._batch_apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._batch_apply(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._batch_apply(lambda t: t[indices, ...])
-
     def nbytes(self) -> int:
         """Bytes this layer holds: codes, fp16 scales and minima, and the full-precision residual window."""
         if not self.is_initialized:
@@ -196,7 +200,7 @@ class KIVILayer(DynamicLayer):
         return sum(t.numel() * t.element_size() for t in parts)
 
 
-class FP8Layer(DynamicLayer):
+class FP8Layer(_BatchOps, DynamicLayer):
     """One decoder block's FP8 E4M3 cache: ``self.keys`` / ``self.values`` hold ``float8_e4m3fn`` codes.
 
     scale: the per-layer divisor (states / scale must fit ±448 or they saturate); max_tokens as for KIVILayer.
@@ -243,15 +247,6 @@ class FP8Layer(DynamicLayer):
         self.keys = fn(self.keys.view(torch.uint8)).view(torch.float8_e4m3fn)
         self.values = fn(self.values.view(torch.uint8)).view(torch.float8_e4m3fn)
         self._shape = (self.keys.shape[0],) + self._shape[1:]
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._batch_apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._batch_apply(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._batch_apply(lambda t: t[indices, ...])
 
     def nbytes(self) -> int:
         if not self.is_initialized:
