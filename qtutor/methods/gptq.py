@@ -82,7 +82,9 @@ def gptq_grid_params(w: torch.Tensor, n_bits: int, symmetric: bool) -> tuple[tor
     if symmetric:
         xmax = torch.maximum(xmin.abs(), xmax)
         xmin = torch.where(xmin < 0, -xmax, xmin)
-    empty = (xmin == 0) & (xmax == 0)
+    # an all-zero row takes the reference's grid [-1, 1]; so does a row of subnormals whose range / maxq
+    # underflows to 0 (the reference would divide by that zero scale and return NaN)
+    empty = ((xmin == 0) & (xmax == 0)) | ((xmax - xmin) / maxq == 0)
     xmin, xmax = torch.where(empty, -1.0, xmin), torch.where(empty, 1.0, xmax)
     scale = (xmax - xmin) / maxq
     if not bool(torch.isfinite(scale).all()):  # finite w whose range max − min overflows float32

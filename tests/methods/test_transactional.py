@@ -282,3 +282,12 @@ def test_property_gptq_finite_weights_give_finite_codes_or_a_reason(values, act_
         assert "overflow" in str(err) or "beyond float32" in str(err)
     else:
         assert torch.isfinite(qw.scale).all() and torch.isfinite(qw.dequantize()).all()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_grid_of_a_subnormal_row_is_finite(symmetric):
+    """A row whose largest weight is the smallest subnormal: its range / maxq underflows to 0 (found by hypothesis)."""
+    w = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.401298464324817e-45]])
+    scale, zero = gptq_grid_params(w, 2, symmetric)
+    assert (scale > 0).all() and torch.isfinite(zero).all()
+    assert torch.isfinite(gptq_fake_quant(w, scale, zero, 2)).all()
