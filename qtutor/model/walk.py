@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["decoder_blocks", "decoder_linears", "fake_quantized", "replaced_linears"]
+__all__ = ["decoder_blocks", "decoder_linears", "fake_quantized", "fake_quantized_inputs", "replaced_linears"]
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
@@ -87,3 +87,27 @@ def replaced_linears(
     finally:
         for n, m in linears.items():
             _set_submodule(model, n, m)
+
+
+@contextlib.contextmanager
+def fake_quantized_inputs(
+    model: nn.Module,
+    quantize_fn: Callable[[torch.Tensor], torch.Tensor],
+    only: Callable[[str], bool] | None = None,
+) -> Iterator[nn.Module]:
+    """Temporarily pass the input of each decoder linear through ``quantize_fn`` (activation fake-quant).
+
+    ``quantize_fn`` maps an activation ``(..., in_features)`` to its dequantized copy, e.g.
+    ``lambda x: fake_quant(x, QuantSpec(4, granularity=PerToken()))`` for W·A4 emulation.
+    Registered as forward pre-hooks after any already on the layer (so a rotation hook runs
+    first); removed on exit, even after an error.
+    """
+    linears = {n: m for n, m in decoder_linears(model).items() if only is None or only(n)}
+    handles = []
+    try:
+        for m in linears.values():
+            handles.append(m.register_forward_pre_hook(lambda mod, args: (quantize_fn(args[0]),) + tuple(args[1:])))
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
