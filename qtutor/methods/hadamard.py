@@ -121,7 +121,7 @@ def apply_hadamard(x: torch.Tensor, factors: list[torch.Tensor]) -> torch.Tensor
     lead = x.shape[:-1]
     y = x.reshape(-1, *orders)  # (rows, n₁, n₂, …)
     for axis, f in enumerate(factors, start=1):
-        y = torch.movedim(torch.movedim(y, axis, -1) @ f.to(x.dtype), -1, axis)  # contract axis with F
+        y = torch.movedim(torch.movedim(y, axis, -1) @ f.to(device=x.device, dtype=x.dtype), -1, axis)  # contract axis with F
     return y.reshape(*lead, n)
 
 

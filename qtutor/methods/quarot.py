@@ -49,9 +49,14 @@ class OnlineHadamard:
     def __init__(self, n: int) -> None:
         self.n = n
         self.factors = hadamard_factors(n)
+        self._on: dict = {}  # the factors per (device, dtype) of the inputs seen, copied once
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return (apply_hadamard(args[0], self.factors),) + tuple(args[1:])
+        x = args[0]
+        key = (x.device, x.dtype)
+        if key not in self._on:
+            self._on[key] = [f.to(device=x.device, dtype=x.dtype) for f in self.factors]
+        return (apply_hadamard(x, self._on[key]),) + tuple(args[1:])
 
 
 def online_hadamard_layers(model: nn.Module) -> list[str]:
@@ -126,8 +131,9 @@ def rotate_residual_(model: nn.Module, Q: torch.Tensor) -> None:
     hidden = inner.embed_tokens.weight.shape[1]
     if Q.shape != (hidden, hidden):
         raise ValueError(f"Q has shape {tuple(Q.shape)}, the residual stream is {hidden} wide")
-    eye = torch.eye(hidden, dtype=torch.float64)
-    if not torch.allclose(Q.double() @ Q.double().T, eye, atol=1e-8):
+    Q = Q.detach().to(device=inner.embed_tokens.weight.device, dtype=torch.float64)
+    eye = torch.eye(hidden, dtype=torch.float64, device=Q.device)
+    if not torch.allclose(Q @ Q.T, eye, atol=1e-8):
         raise ValueError("Q is not orthogonal (Q Qᵀ ≠ I): the rotated model would compute something else")
     norms = [inner.norm] + [n for b in blocks for n in (b.input_layernorm, b.post_attention_layernorm)]
     if any(not bool((_norm_weight(n, "norm") == 1).all()) for n in norms):
@@ -135,7 +141,6 @@ def rotate_residual_(model: nn.Module, Q: torch.Tensor) -> None:
                          "(only a scale-free RMSNorm commutes with the rotation)")
     if model.lm_head.weight is inner.embed_tokens.weight:
         raise ValueError("the LM head is tied to the embedding: call fold_norms_(model) first (it unties them)")
-    Q = Q.double()
 
     def right(w: torch.Tensor) -> None:  # W ← W Q (readers: y = x Wᵀ reads x Q)
         w.copy_((w.double() @ Q).to(w.dtype))
@@ -167,7 +172,8 @@ def add_online_hadamard_(model: nn.Module, layers: tuple[str, ...] = ONLINE) -> 
             lins.append(lin)
     for lin in lins:
         hook = OnlineHadamard(lin.in_features)
-        lin.weight.copy_((lin.weight.double() @ hadamard_matrix(lin.in_features)).to(lin.weight.dtype))
+        h = hadamard_matrix(lin.in_features).to(lin.weight.device)
+        lin.weight.copy_((lin.weight.double() @ h).to(lin.weight.dtype))
         lin.register_forward_pre_hook(hook)
 
 

@@ -45,8 +45,8 @@ def _int(bits: int, granularity) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda w: fake_quant(w, spec)
 
 
-def _nf4(w: torch.Tensor) -> torch.Tensor:
-    return dequantize_4bit(quantize_4bit(w, NF4Config())).to(w.dtype).reshape(w.shape)
+def _nf4(w: torch.Tensor) -> torch.Tensor:  # qtutor's NF4 (bitsandbytes' codes, bit for bit) runs on the CPU
+    return dequantize_4bit(quantize_4bit(w.cpu(), NF4Config())).to(device=w.device, dtype=w.dtype).reshape(w.shape)
 
 
 def _rows(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
