@@ -1159,3 +1159,61 @@ def check_fake_quant_keys(fn: Callable) -> None:
         raise CheckFailed(f"{n_bits}-bit g{gs}: k_hat differs from qtutor's by up to {err:.3g}; codes "
                           f"round((k − min) / scale) clamped to 0 … {qmax}, min and max per channel per token group")
     _ok("key quantization matches qtutor (per channel over token groups, asymmetric, 2/4/8 bits)")
+
+
+# --- 16: FP8 --------------------------------------------------------------------
+
+def _every_bf16_value() -> torch.Tensor:
+    """Every finite bfloat16 value as float32 (65,280 of them): zeros, subnormals, ties of E4M3, overflow."""
+    b = torch.arange(0, 1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
+    return b[torch.isfinite(b)]
+
+
+@_checker
+def check_round_to_e4m3(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """``fn(x) -> x̂``: nearest E4M3 value, ties to even, subnormals below 2⁻⁶, saturating at ±448."""
+    x = _every_bf16_value()
+    call = f"{fn.name}(x)"
+    got = _tensor(fn(x.clone()), call, floating=True, finite=False)
+    if got.shape != x.shape:
+        raise CheckFailed(f"{call} has shape {tuple(got.shape)}: return one value per element, shape {tuple(x.shape)}")
+    got = got.float()
+    want = x.to(torch.float8_e4m3fn).float()  # torch's cast: the reference the course matches bit for bit
+    bad = ~((got == want) | (torch.isnan(got) & torch.isnan(want)))
+    if not bool(bad.any()):
+        _ok("round_to_e4m3 equals torch's float8_e4m3fn cast on all 65,280 finite bfloat16 values")
+        return
+    a = x.abs()
+    if bool(torch.isnan(got[x == 0]).any()):
+        raise CheckFailed("x = 0 gives NaN: log2(0) is −inf, so its step is 0 and 0/0 = NaN — clamp |x| to at least "
+                          "2**-6 before taking log2 (zero and the subnormals share the step 2**-9)")
+    if bool(torch.isnan(got).any() | torch.isinf(got).any()):
+        i = int((torch.isnan(got) | torch.isinf(got)).nonzero()[0])
+        raise CheckFailed(f"{fn.name} gives {float(got[i])} for x = {float(x[i]):.6g}: E4M3 has no inf and saturates "
+                          "at ±448")
+    if bool((bad <= (a > 448)).all()):
+        i = int(bad.nonzero()[0])
+        raise CheckFailed(f"x = {float(x[i]):.6g} gives {float(got[i]):.6g}: above 448 the 'fn' variant saturates — "
+                          "clamp the result to [−448, 448]")
+    if bool((bad <= (a < 2.0**-6)).all()):
+        i = int(bad.nonzero()[0])
+        raise CheckFailed(f"x = {float(x[i]):.3g} gives {float(got[i]):.3g}, E4M3 gives {float(want[i]):.3g}: below "
+                          "2**-6 E4M3 has subnormals with the fixed step 2**-9 — clamp |x| to at least 2**-6 before "
+                          "taking the exponent")
+    e = torch.floor(torch.log2(a.clamp(min=2.0**-6)))
+    step = torch.exp2(e - 3)
+    tie = (x / step - torch.floor(x / step)) == 0.5
+    if bool((bad <= tie).all()):
+        raise CheckFailed("only exact halfway values differ: round them to the even neighbour (torch.round does), not "
+                          "away from zero")
+    trunc = (torch.trunc(x / step) * step).clamp(-448, 448)
+    if bool(((got == trunc) | ~bad).all()):
+        raise CheckFailed("your values are truncated toward zero: round to the nearest grid point (torch.round)")
+    wide = (torch.round(x / torch.exp2(e - 2)) * torch.exp2(e - 2)).clamp(-448, 448)
+    if bool(((got == wide) | ~bad).all()):
+        raise CheckFailed("your grid is too coarse: E4M3 keeps 3 mantissa bits, so the step in [2**e, 2**(e+1)) is "
+                          "2**(e-3), not 2**(e-2) (that is E5M2's)")
+    i = int(bad.nonzero()[0])
+    raise CheckFailed(f"{int(bad.sum())} of {x.numel()} values differ, e.g. x = {float(x[i]):.6g} gives "
+                      f"{float(got[i]):.6g}, E4M3 gives {float(want[i]):.6g}: step 2**(floor(log2|x|) − 3), "
+                      "|x| clamped to ≥ 2**-6, round half to even, clamp to ±448")

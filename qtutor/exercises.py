@@ -224,3 +224,20 @@ def fake_quant_keys(k: torch.Tensor, n_bits: int, group_size: int) -> torch.Tens
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.clamp(torch.round((g - lo) / scale), 0, qmax)
     return (q * scale + lo).reshape(B, H, T, D)
+
+
+# --- notebook 16 ---
+
+__all__ += ["round_to_e4m3"]
+
+
+def round_to_e4m3(x: torch.Tensor) -> torch.Tensor:
+    """Exercise 16.1: the nearest FP8 E4M3 value of each element (ties to even), saturating at ±448, as float32.
+
+    The grid step in the binade ``[2^e, 2^(e+1))`` is ``2^(e-3)`` (3 mantissa bits); below the smallest normal
+    ``2^-6`` the step stays ``2^-9`` (subnormals). ``torch.round`` rounds halves to even, as the cast does.
+    """
+    x = x.float()
+    e = torch.floor(torch.log2(x.abs().clamp(min=2.0**-6)))  # the binade; subnormals share the lowest
+    step = torch.exp2(e - 3)
+    return (torch.round(x / step) * step).clamp(-448.0, 448.0)
