@@ -13,7 +13,8 @@ E5M2): ``s = amax / max_finite``. The groups:
 * ``"channel"`` — one per output row of a weight ``(N, K)``; identical to ``"token"`` on a 2-D
   weight (one scale per row), kept as a separate name for clarity;
 * ``"block"`` — one per ``block × block`` tile of a 2-D weight (DeepSeek-V3's recipe, 128×128 for
-  weights; activations there use 1×128 groups, see ``"group"``);
+  weights; activations there use 1×128 groups, see ``"group"``); edge tiles of a width that is not a
+  multiple of ``block`` are smaller (SmolLM2's 576 columns: four tiles of 128 and one of 64);
 * ``"group"`` — one per ``block`` consecutive values along the last dim (DeepSeek-V3's 1×128
   activation tiles).
 
@@ -56,19 +57,25 @@ def _check(x: torch.Tensor, granularity: str, block: int) -> None:
     if granularity in ("group", "block"):
         if not isinstance(block, int) or isinstance(block, bool) or block < 1:
             raise ValueError(f"block={block!r}: must be a positive integer (DeepSeek-V3 uses 128)")
-        if x.shape[-1] % block:
-            raise ValueError(f"x's last dim {x.shape[-1]} is not a multiple of block={block}")
-    if granularity == "block":
-        if x.dim() != 2:
-            raise ValueError(f"granularity='block' needs a 2-D weight (N, K), got shape {tuple(x.shape)}")
-        if x.shape[0] % block:
-            raise ValueError(f"x's first dim {x.shape[0]} is not a multiple of block={block}")
+    if granularity == "block" and x.dim() != 2:
+        raise ValueError(f"granularity='block' needs a 2-D weight (N, K), got shape {tuple(x.shape)}")
     if granularity == "channel" and x.dim() != 2:
         raise ValueError(f"granularity='channel' needs a 2-D weight (N, K), got shape {tuple(x.shape)}")
 
 
+def _pad(x: torch.Tensor, granularity: str, block: int) -> torch.Tensor:
+    """Zero-pad the grouped dims to multiples of ``block`` (zeros change no maximum): ragged edge tiles, as the
+    reference kernels' masked loads give (SmolLM2's 576 = 4.5 × 128)."""
+    if granularity not in ("group", "block"):
+        return x
+    pad = [0, -x.shape[-1] % block]
+    if granularity == "block":
+        pad += [0, -x.shape[0] % block]
+    return torch.nn.functional.pad(x, pad) if any(pad) else x
+
+
 def _amax(x: torch.Tensor, granularity: str, block: int) -> torch.Tensor:
-    """The group maxima, broadcastable against ``x`` (after the reshape :func:`_grouped` does)."""
+    """The group maxima of the padded ``x``, broadcastable against it after the reshape :func:`_grouped` does."""
     a = x.abs().float()
     if granularity == "tensor":
         return a.amax().reshape([1] * x.dim())
@@ -94,7 +101,7 @@ def fp8_scales(x: torch.Tensor, fmt: str | FloatFormat = "e4m3", granularity: st
     """The float32 scales ``amax / max_finite`` of each group (1 for an all-zero group), keepdim-shaped."""
     f = _fmt(fmt)
     _check(x, granularity, block)
-    amax = _amax(x, granularity, block)
+    amax = _amax(_pad(x, granularity, block), granularity, block)
     s = amax / max_finite(f)
     return torch.where(amax > 0, s, torch.ones_like(s))
 
@@ -104,6 +111,6 @@ def fp8_fake_quant(x: torch.Tensor, fmt: str | FloatFormat = "e4m3", granularity
     """``fp8(x / s) · s`` per group: the value an FP8 matmul would see, in ``x``'s dtype and shape."""
     f = _fmt(fmt)
     s = fp8_scales(x, f, granularity, block)
-    g = _grouped(x.float(), granularity, block)
-    q = round_to_format(g / s, f, saturate=True) * s
-    return q.reshape(x.shape).to(x.dtype)
+    xp = _pad(x.float(), granularity, block)
+    q = (round_to_format(_grouped(xp, granularity, block) / s, f, saturate=True) * s).reshape(xp.shape)
+    return q[tuple(slice(0, n) for n in x.shape)].to(x.dtype)
