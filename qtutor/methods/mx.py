@@ -36,7 +36,10 @@ Note the lower clamp at 2⁻⁶, E4M3's smallest *normal*: a block far below the
 never gets a subnormal scale. NVIDIA's CUDA kernels (TensorRT-LLM / vLLM ``cvt_fp16_to_fp4``) form
 the same quantities with approximate reciprocals (``rcp.approx.ftz``), so they can differ from this
 (and from torchao) in the last bit of a scale. An all-zero tensor gets ``g = 1`` (``g = 0`` would
-make every block scale 0/0); its codes are 0.
+make every block scale 0/0); its codes are 0. A tensor whose ``max|x| / 2688`` is below 2⁻¹²¹
+(``max|x| < 1.0e-33``) gets ``g = 2⁻¹²¹``: with a block scale of at least 2⁻⁶ the multiplier ``(1 / g) / s_b``
+then stays below 2¹²⁸, where torchao's overflows to inf and turns the zeros of a block into NaN (a deliberate
+difference, found by a property test).
 """
 from __future__ import annotations
 
@@ -54,7 +57,8 @@ __all__ = [
 
 E8M0_BIAS = 127
 NVFP4_BLOCK_SIZE = 16
-_E4M3_MIN_NORMAL = 2.0**-6  # torchao's E4M3_EPS = torch.finfo(torch.float8_e4m3fn).tiny
+_E4M3_MIN_NORMAL = 2.0**-6
+_MIN_TENSOR_SCALE = 2.0**-121  # block scales are ≥ 2⁻⁶, so (1 / g) / s_b ≤ 2¹²⁷ stays finite  # torchao's E4M3_EPS = torch.finfo(torch.float8_e4m3fn).tiny
 
 
 @dataclass(frozen=True)
@@ -179,9 +183,13 @@ def nvfp4_quantize(
         per_tensor_scale = xf.abs().amax() / (448.0 * 6.0)
         if float(per_tensor_scale) == 0:
             per_tensor_scale = torch.ones((), dtype=torch.float32)
+        elif float(per_tensor_scale) < _MIN_TENSOR_SCALE:  # 1/g would overflow to inf and 0 · inf give NaN
+            per_tensor_scale = torch.full((), _MIN_TENSOR_SCALE, dtype=torch.float32)
     per_tensor_scale = torch.as_tensor(per_tensor_scale, dtype=torch.float32)
-    if per_tensor_scale.ndim != 0 or not float(per_tensor_scale) > 0 or not math.isfinite(float(per_tensor_scale)):
-        raise ValueError(f"per_tensor_scale={per_tensor_scale.tolist()}: must be one positive finite number")
+    if per_tensor_scale.ndim != 0 or not float(per_tensor_scale) >= _MIN_TENSOR_SCALE or \
+            not math.isfinite(float(per_tensor_scale)):
+        raise ValueError(f"per_tensor_scale={per_tensor_scale.tolist()}: must be one finite number ≥ 2⁻¹²¹ "
+                         "(below it the element multiplier 1 / (scale · block scale) overflows float32)")
     v = xf.unflatten(-1, (-1, NVFP4_BLOCK_SIZE))  # (..., K/16, 16)
     block_scale = v.abs().amax(dim=-1) / 6.0  # (..., K/16)
     scaled = (block_scale / per_tensor_scale).clamp(_E4M3_MIN_NORMAL, 448.0)

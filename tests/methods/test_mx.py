@@ -93,6 +93,17 @@ def test_nvfp4_by_hand():
     assert torch.equal(nvfp4_fake_quant(x), nvfp4_dequantize(scales, codes, g))
 
 
+def test_nvfp4_tiny_tensor_gives_no_nan():
+    x = torch.zeros(1, 32)
+    x[0, 31] = 1.1754943508222875e-38  # max/2688 is subnormal: 1/g would overflow and 0 · inf give NaN
+    scales, codes, g = nvfp4_quantize(x)
+    assert float(g) == 2.0**-121
+    out = nvfp4_fake_quant(x)
+    assert torch.isfinite(out).all() and float(out[0, 0]) == 0.0 and float(out[0, 31]) > 0
+    with pytest.raises(ValueError, match="per_tensor_scale"):
+        nvfp4_quantize(x, per_tensor_scale=torch.tensor(1e-40))
+
+
 def test_nvfp4_zero_tensor_and_tiny_blocks():
     scales, codes, g = nvfp4_quantize(torch.zeros(2, 16))
     assert float(g) == 1.0 and int(codes.max()) == 0 and decode(scales, E4M3).unique().tolist() == [2.0**-6]
