@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ste_round", "fake_quant_ste", "LSQFakeQuant"]
+__all__ = ["ste_round", "fake_quant_ste", "LSQFakeQuant", "zo_minimize"]
 
 
 def ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -95,3 +95,44 @@ class LSQFakeQuant(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         g = 1.0 / math.sqrt(self.n_per_scale * self.q_max)
         return fake_quant_ste(w, self.scale.to(w.dtype), self.n_bits, grad_scale=g)
+
+
+# --------------------------------------------------------------------------- forward-only (zeroth-order) training
+
+def zo_minimize(loss_fn, params: list[torch.Tensor], steps: int, lr: float, eps: float = 1e-3, seed: int = 0,
+                ) -> list[float]:
+    """Minimize ``loss_fn()`` over ``params`` (tensors, changed in place) with forward passes only.
+
+    MeZO's two-point SPSA estimate (Malladi et al., "Fine-Tuning Language Models with Just Forward Passes",
+    NeurIPS 2023): draw ``z ~ N(0, I)`` from a seeded generator, evaluate ``L(θ + εz)`` and ``L(θ − εz)``,
+    and step ``θ ← θ − lr · (L₊ − L₋) / (2ε) · z``. The perturbation is regenerated from its seed instead of
+    stored, so the memory is the parameters plus one forward pass — no activations kept for a backward pass,
+    no gradients, no optimizer state. Returns the mean of ``L₊`` and ``L₋`` per step.
+    """
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps={steps!r}: must be a positive integer")
+    for name, v in (("lr", lr), ("eps", eps)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name}={v!r}: must be a positive finite number")
+    if not params or not all(isinstance(p, torch.Tensor) and p.is_floating_point() for p in params):
+        raise ValueError("params must be a non-empty list of floating-point tensors")
+
+    def perturb(step_seed: int, scale: float) -> None:
+        g = torch.Generator().manual_seed(step_seed)
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p) * scale)
+
+    history = []
+    with torch.no_grad():
+        for step in range(steps):
+            s = seed * 1_000_003 + step
+            perturb(s, eps)
+            plus = float(loss_fn())
+            perturb(s, -2 * eps)
+            minus = float(loss_fn())
+            perturb(s, eps)  # back to θ
+            if not (math.isfinite(plus) and math.isfinite(minus)):
+                raise ValueError(f"step {step}: the loss is not finite ({plus}, {minus}): lower eps or lr")
+            perturb(s, -lr * (plus - minus) / (2 * eps))
+            history.append((plus + minus) / 2)
+    return history

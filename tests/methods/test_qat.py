@@ -79,3 +79,37 @@ def test_lsq_module_learns_a_better_scale():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_zo_minimizes_a_quadratic_with_forward_passes_only():
+    from qtutor.methods.qat import zo_minimize
+    target = torch.tensor([1.0, -2.0, 0.5])
+    p = torch.zeros(3)
+    hist = zo_minimize(lambda: ((p - target) ** 2).sum(), [p], steps=300, lr=0.05, eps=1e-3)
+    assert hist[-1] < 0.01 * hist[0]
+    q = torch.zeros(3)
+    zo_minimize(lambda: ((q - target) ** 2).sum(), [q], steps=300, lr=0.05, eps=1e-3)
+    assert torch.equal(p, q)  # seeded: the same run twice is the same
+
+
+def test_zo_learns_quantization_scales():
+    from qtutor.methods.qat import zo_minimize
+    torch.manual_seed(0)
+    w = torch.randn(16, 128)
+    w[:, 0] = 10.0
+    log_s = (w.abs().amax(1, keepdim=True) / 7).log()
+    start = float((fake_quant_ste(w, log_s.exp(), 4) - w).pow(2).mean())
+    zo_minimize(lambda: (fake_quant_ste(w, log_s.exp(), 4) - w).pow(2).mean(), [log_s], steps=200, lr=0.5, eps=1e-2)
+    assert float((fake_quant_ste(w, log_s.exp(), 4) - w).pow(2).mean()) < 0.85 * start  # the optimum is ~0.80×
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(steps=0), "steps=0"), (dict(lr=float("nan")), "lr=nan"), (dict(eps=0.0), "eps=0.0"),
+])
+def test_zo_bad_arguments(kwargs, match):
+    from qtutor.methods.qat import zo_minimize
+    args = dict(steps=1, lr=0.1, eps=1e-3) | kwargs
+    with pytest.raises(ValueError, match=match):
+        zo_minimize(lambda: torch.tensor(0.0), [torch.zeros(2)], **args)
+    with pytest.raises(ValueError, match="non-empty"):
+        zo_minimize(lambda: torch.tensor(0.0), [], steps=1, lr=0.1)
