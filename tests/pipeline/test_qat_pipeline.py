@@ -1,0 +1,58 @@
+"""Block-wise QAT on a tiny Llama: it beats RTN on the same grid, bakes on-grid weights, refuses bad input cleanly."""
+import pytest
+import torch
+
+from qtutor.pipeline.qat import QATConfig, qat_blockwise_, rtn_group_
+
+
+def _ids(n=8, seq=12, seed=0):
+    return torch.randint(0, 96, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def test_qat_beats_rtn_on_the_same_grid_and_bakes_the_weights(make_tiny_llama):
+    model = make_tiny_llama()
+    cfg = QATConfig(n_bits=3, group_size=32, steps=40, batch_size=4)
+    report = qat_blockwise_(model, _ids(), cfg, progress=False)
+    assert [r["block"] for r in report] == [0, 1]
+    assert all(r["mse_qat"] < 0.6 * r["mse_rtn"] for r in report)  # measured: 0.38–0.43×
+    for lin in (m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head):
+        w = lin.weight.detach().reshape(lin.out_features, -1, 32)
+        levels = {len(torch.unique(g)) for g in w.reshape(-1, 32)}
+        assert max(levels) <= 7  # 3-bit symmetric: at most 7 distinct values per group
+    assert all("forward" not in vars(m) for m in model.modules())
+
+
+def test_unchosen_blocks_stay_float(make_tiny_llama):
+    model = make_tiny_llama()
+    w1 = model.model.layers[1].mlp.up_proj.weight.detach().clone()
+    qat_blockwise_(model, _ids(), QATConfig(n_bits=4, group_size=32, steps=2, batch_size=4), blocks=[0], progress=False)
+    assert torch.equal(model.model.layers[1].mlp.up_proj.weight, w1)
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, make_tiny_llama().model.layers[0].mlp.up_proj.weight)
+
+
+def test_rtn_group_is_the_starting_point(make_tiny_llama):
+    model = make_tiny_llama()
+    rtn_group_(model, 3, 32, blocks=[1])
+    w = model.model.layers[1].self_attn.q_proj.weight.reshape(-1, 32)
+    assert max(len(torch.unique(g)) for g in w) <= 7
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n_bits=1), "n_bits=1"), (dict(group_size=0), "group_size=0"), (dict(steps=-1), "steps=-1"),
+    (dict(lr=0.0), "lr=0.0"), (dict(scale_lr=float("inf")), "scale_lr=inf"),
+])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        QATConfig(**kwargs)
+
+
+def test_bad_input_changes_nothing(make_tiny_llama):
+    model = make_tiny_llama()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="multiple of group_size=48"):
+        qat_blockwise_(model, _ids(), QATConfig(group_size=48), progress=False)
+    with pytest.raises(ValueError, match="blocks="):
+        qat_blockwise_(model, _ids(), QATConfig(group_size=32), blocks=[5], progress=False)
+    with pytest.raises(ValueError, match="QATConfig"):
+        qat_blockwise_(model, _ids(), config={"n_bits": 3}, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
