@@ -1217,3 +1217,49 @@ def check_round_to_e4m3(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
     raise CheckFailed(f"{int(bad.sum())} of {x.numel()} values differ, e.g. x = {float(x[i]):.6g} gives "
                       f"{float(got[i]):.6g}, E4M3 gives {float(want[i]):.6g}: step 2**(floor(log2|x|) − 3), "
                       "|x| clamped to ≥ 2**-6, round half to even, clamp to ±448")
+
+
+# --- 17: QAT ---------------------------------------------------------------------
+
+@_checker
+def check_fake_quant_clipped_ste(fn: Callable) -> None:
+    """``fn(x, scale, n_bits) -> x̂``: the fake-quantized values forward, the clipped STE backward."""
+    from . import exercises
+
+    x0 = torch.tensor([-9.0, -3.6, -0.26, 0.0, 0.74, 1.45, 2.49, 3.4, 3.6, 12.0])  # none exactly on ±q_max·s
+    s = torch.tensor(0.5)
+    for n_bits in (4, 3):
+        call = f"{fn.name}(x, scale=0.5, n_bits={n_bits})"
+        x = x0.clone().requires_grad_(True)
+        out = fn(x, s, n_bits)
+        got = _tensor(out, call, floating=True)
+        want = exercises.fake_quant_clipped_ste(x0, s, n_bits)
+        if got.shape != x0.shape:
+            raise CheckFailed(f"{call} has shape {tuple(got.shape)}: return one value per element")
+        q_max = 2 ** (n_bits - 1) - 1
+        if not torch.allclose(got.float(), want, atol=1e-6):
+            if torch.allclose(got.float(), want / s, atol=1e-6):
+                raise CheckFailed(f"{call} returns the integer codes: multiply them by scale to get values back")
+            if torch.allclose(got.float(), torch.round(x0 / s) * s, atol=1e-6):
+                raise CheckFailed(f"{call} does not clamp: codes beyond ±{q_max} must be clipped to ±{q_max}")
+            i = int((got.float() - want).abs().argmax())
+            raise CheckFailed(f"{call}: x = {float(x0[i])} gives {float(got[i]):.4g}, expected {float(want[i]):.4g} "
+                              f"(s · clamp(round(x / s), −{q_max}, {q_max}))")
+        if not isinstance(out, torch.Tensor) or not out.requires_grad:
+            raise CheckFailed("the result has no gradient: torch.round has zero gradient almost everywhere and "
+                              "breaks the graph — keep x in the graph and add the rounding error as a detached "
+                              "constant (x + (q − x).detach())")
+        out.sum().backward()
+        g = x.grad if x.grad is not None else torch.zeros_like(x0)
+        inside = ((x0 / s).abs() <= q_max).float()
+        if torch.equal(g, torch.ones_like(g)):
+            raise CheckFailed(f"every element gets gradient 1, the clipped ones too (x = −9, 12 with n_bits={n_bits}): "
+                              "that is the plain STE — a clipped value no longer moves with x, so its gradient is 0 "
+                              "(clamp x to the range before adding the detached rounding error)")
+        if torch.equal(g, torch.zeros_like(g)):
+            raise CheckFailed("the gradient is 0 everywhere: round's own gradient leaked through — detach the "
+                              "rounding error, x + (q − x).detach()")
+        if not torch.equal(g, inside):
+            raise CheckFailed(f"gradients {g.tolist()} with n_bits={n_bits}; expected 1 where |x / s| ≤ {q_max} "
+                              f"and 0 where clipped: {inside.tolist()}")
+    _ok("fake quantization forward, clipped straight-through gradient backward")

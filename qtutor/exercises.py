@@ -241,3 +241,21 @@ def round_to_e4m3(x: torch.Tensor) -> torch.Tensor:
     e = torch.floor(torch.log2(x.abs().clamp(min=2.0**-6)))  # the binade; subnormals share the lowest
     step = torch.exp2(e - 3)
     return (torch.round(x / step) * step).clamp(-448.0, 448.0)
+
+
+# --- notebook 17 ---
+
+__all__ += ["fake_quant_clipped_ste"]
+
+
+def fake_quant_clipped_ste(x: torch.Tensor, scale: torch.Tensor, n_bits: int) -> torch.Tensor:
+    """Exercise 17.1: symmetric fake quantization whose gradient is the clipped straight-through estimator.
+
+    Forward: ``s · clamp(round(x / s), −q_max, q_max)`` with ``q_max = 2**(n_bits−1) − 1``. Backward: 1 where
+    ``|x / s| ≤ q_max``, 0 where the value was clipped. The detach trick: clamp ``x`` to the range (clamp passes
+    gradient 1 inside and 0 outside) and add the rounding error as a constant.
+    """
+    q_max = 2 ** (n_bits - 1) - 1
+    x_c = torch.maximum(torch.minimum(x, q_max * scale), -q_max * scale)
+    q = torch.clamp(torch.round(x / scale), -q_max, q_max) * scale
+    return x_c + (q - x_c).detach()
