@@ -9,12 +9,14 @@ inputs are the outputs of the blocks before it *as already quantized*, and its t
 to those same inputs, so each block also learns to correct what the earlier ones got wrong.
 
 After training the weights are baked: ``W ← Q(W)`` (on the grid, so any RTN-format packer can store them).
-The model is changed in place; an error before the first block trains leaves it as it was.
+The model is changed in place; an error (bad input, activations that overflow, an interrupt) puts every block
+back as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +27,7 @@ from ..methods.qat import fake_quant_ste
 from ..model.walk import decoder_blocks
 from .sequential import _first, block_progress, capture_block_inputs, check_hidden, run_block
 
-__all__ = ["QATConfig", "GroupLSQ", "qat_blockwise_", "rtn_group_"]
+__all__ = ["QATConfig", "GroupLSQ", "qat_blockwise_", "rtn_group_", "lsq_quantized", "block_mse"]
 
 
 @dataclass(frozen=True)
@@ -113,57 +115,76 @@ def qat_blockwise_(model: nn.Module, input_ids: torch.Tensor, config: QATConfig 
     device = model.model.embed_tokens.weight.device
     inputs = capture_block_inputs(model, input_ids, device, model.model.embed_tokens.weight.dtype, config.batch_size)
     report = []
-    for i in block_progress(len(all_blocks), "QAT", progress):
-        block = all_blocks[i]
-        if i > max(chosen):
-            break
-        if i in chosen:
-            target = run_block(block, inputs)  # the float block on the (quantized-upstream) inputs
-            report.append({"block": i, **_train_block(block, inputs, target, config)})
-        inputs.hidden = run_block(block, inputs)
-        check_hidden(inputs.hidden, f"the outputs of model.layers.{i}")
+    saved = {(i, n): m.weight.detach().clone() for i in chosen for n, m in _linears(all_blocks[i]).items()}
+    try:
+        for i in block_progress(max(chosen) + 1, "QAT", progress):
+            block = all_blocks[i]
+            if i in chosen:
+                target = run_block(block, inputs)  # the float block on the (quantized-upstream) inputs
+                report.append({"block": i, **_train_block(block, inputs, target, config)})
+            inputs.hidden = run_block(block, inputs)
+            check_hidden(inputs.hidden, f"the outputs of model.layers.{i}")
+    except BaseException:
+        with torch.no_grad():  # every block as it was: no half-trained model
+            for (i, n), w in saved.items():
+                all_blocks[i].get_submodule(n).weight.copy_(w)
+        raise
     return report
+
+
+@contextlib.contextmanager
+def lsq_quantized(block: nn.Module, n_bits: int, group_size: int, bake: bool = False) -> Iterator[dict[str, GroupLSQ]]:
+    """Within the block, every linear computes with ``Q(W)`` (a :class:`GroupLSQ` per linear, yielded by name).
+
+    On exit the linears compute with their own weights again; ``bake=True`` first sets ``W ← Q(W)``.
+    """
+    lins = _linears(block)
+    quantizers = {n: GroupLSQ(m.weight, n_bits, group_size).to(m.weight.device) for n, m in lins.items()}
+    for n, m in lins.items():
+        m.forward = (lambda mod, qq: (lambda x: F.linear(x, qq(mod.weight), mod.bias)))(m, quantizers[n])
+    try:
+        yield quantizers
+    finally:
+        with torch.no_grad():
+            for n, m in lins.items():
+                del m.forward  # the class's forward again
+                if bake:
+                    m.weight.copy_(quantizers[n](m.weight))
+
+
+@torch.no_grad()
+def block_mse(block: nn.Module, inputs, target: torch.Tensor) -> float:
+    """Mean squared error of the block's outputs on ``inputs`` against ``target`` (all calibration samples)."""
+    total = sum(F.mse_loss(_first(block(h, **inputs.kwargs)), t, reduction="sum")
+                for h, t in zip(inputs.batches(), target.split(inputs.batch_size)))
+    return float(total) / target.numel()
 
 
 def _train_block(block: nn.Module, inputs, target: torch.Tensor, config: QATConfig) -> dict:
     lins = _linears(block)
-    quantizers = {n: GroupLSQ(m.weight, config.n_bits, config.group_size).to(m.weight.device) for n, m in lins.items()}
-    for n, m in lins.items():
-        q = quantizers[n]
-        m.forward = (lambda mod, qq: (lambda x: F.linear(x, qq(mod.weight), mod.bias)))(m, q)
-    frozen = [p for p in block.parameters() if p.requires_grad]
+    was = {id(p): p.requires_grad for p in block.parameters()}
     for p in block.parameters():
         p.requires_grad_(False)
     weights = [m.weight for m in lins.values()]
-    for w in weights:
-        w.requires_grad_(True)
-    opt = torch.optim.Adam([{"params": weights, "lr": config.lr},
-                            {"params": [q.scale for q in quantizers.values()], "lr": config.scale_lr}])
     n = inputs.hidden.shape[0]
-
-    def mse() -> float:
-        with torch.no_grad():
-            return float(sum(F.mse_loss(_first(block(h, **inputs.kwargs)), t, reduction="sum")
-                             for h, t in zip(inputs.batches(), target.split(config.batch_size))) / target.numel())
-
     try:
-        mse_rtn = mse()
-        losses = []
-        g = torch.Generator().manual_seed(0)
-        for _ in range(config.steps):
-            idx = torch.randperm(n, generator=g)[: config.batch_size].to(inputs.hidden.device)
-            opt.zero_grad()
-            loss = F.mse_loss(_first(block(inputs.hidden[idx], **inputs.kwargs)), target[idx])
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        mse_qat = mse()
+        with lsq_quantized(block, config.n_bits, config.group_size, bake=True) as quantizers:
+            for w in weights:
+                w.requires_grad_(True)
+            opt = torch.optim.Adam([{"params": weights, "lr": config.lr},
+                                    {"params": [q.scale for q in quantizers.values()], "lr": config.scale_lr}])
+            mse_rtn = block_mse(block, inputs, target)
+            losses = []
+            g = torch.Generator().manual_seed(0)
+            for _ in range(config.steps):
+                idx = torch.randperm(n, generator=g)[: config.batch_size].to(inputs.hidden.device)
+                opt.zero_grad()
+                loss = F.mse_loss(_first(block(inputs.hidden[idx], **inputs.kwargs)), target[idx])
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+            mse_qat = block_mse(block, inputs, target)
     finally:
-        with torch.no_grad():
-            for nme, m in lins.items():
-                del m.forward  # the class's forward again
-                m.weight.copy_(quantizers[nme](m.weight))  # bake: the weight is on its grid now
-                m.weight.requires_grad_(False)
-        for p in frozen:
-            p.requires_grad_(True)
+        for p in block.parameters():
+            p.requires_grad_(was[id(p)])
     return {"mse_rtn": mse_rtn, "mse_qat": mse_qat, "loss_first": losses[0], "loss_last": losses[-1]}

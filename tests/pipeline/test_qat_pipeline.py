@@ -56,3 +56,22 @@ def test_bad_input_changes_nothing(make_tiny_llama):
     with pytest.raises(ValueError, match="QATConfig"):
         qat_blockwise_(model, _ids(), config={"n_bits": 3}, progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_error_mid_way_restores_every_block(make_tiny_llama, monkeypatch):
+    import qtutor.pipeline.qat as qat
+    model = make_tiny_llama()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+    real = qat._train_block
+
+    def fail_second(block, inputs, target, config):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("interrupted")
+        return real(block, inputs, target, config)
+
+    monkeypatch.setattr(qat, "_train_block", fail_second)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        qat_blockwise_(model, _ids(), QATConfig(group_size=32, steps=3, batch_size=4), progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
