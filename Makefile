@@ -20,6 +20,10 @@ NBVAL_WORKERS ?= 2
 CPU_PATHS := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 NBVAL := $(CPU_PATHS) $(BIN)/pytest -q --nbval --nbval-current-env --nbval-cell-timeout=900 \
 	--nbval-sanitize-with=tests/nbval_sanitize.cfg
+# notebook 11's Triton-interpreter GEMV check prints a max diff that the AVX2 pins change on an AVX-512 machine
+# (2.86e-06 unpinned, as on the AVX2 machine that made it, 3.34e-06 pinned): it runs unpinned, first
+NBVAL_PLAIN := $(BIN)/pytest -q --nbval --nbval-current-env --nbval-cell-timeout=900 \
+	--nbval-sanitize-with=tests/nbval_sanitize.cfg
 
 .PHONY: course test test-fast test-notebooks setup model student timings clean
 .DEFAULT_GOAL := course
@@ -58,7 +62,8 @@ test: model
 	$(MAKE) --no-print-directory test-notebooks
 
 test-notebooks: model
-	QTUTOR_THREADS=1 $(NBVAL) -n $(NBVAL_WORKERS) --dist loadscope notebooks
+	QTUTOR_THREADS=1 $(NBVAL_PLAIN) notebooks/11_kernels_and_roofline.ipynb
+	QTUTOR_THREADS=1 $(NBVAL) -n $(NBVAL_WORKERS) --dist loadscope --ignore=notebooks/11_kernels_and_roofline.ipynb notebooks
 
 test-fast: setup
 	$(BIN)/pytest tests -q -m "not slow" --durations=15
