@@ -91,8 +91,6 @@ def weight_bits(fmt: str, rows: int, cols: int) -> float:
     if fmt == "nf4":
         c = NF4Config()
         return 4 + 8 / c.blocksize + 32 / (c.blocksize * c.dq_blocksize)  # double-quantized absmax
-    if fmt == "gptq_int4":
-        return 4 + 16 / cols
     return bits_per_weight(fmt, rows * cols)
 
 
