@@ -199,12 +199,13 @@ def quantize_4bit(w: torch.Tensor, config: NF4Config = NF4Config()) -> NF4State:
 
 def dequantize_4bit(state: NF4State) -> torch.Tensor:
     """Reconstruct the tensor (shape and dtype of the original)."""
-    absmax = state.absmax
+    absmax, device = state.absmax, state.packed.device  # on the state's device (the tables go there)
     if state.config.double_quant:
-        absmax = _dequant_blocks(dynamic_map()[absmax.long()], state.absmax2, state.config.dq_blocksize) + state.offset
+        absmax = _dequant_blocks(dynamic_map().to(device)[absmax.long()], state.absmax2,
+                                 state.config.dq_blocksize) + state.offset
     codes = torch.stack([state.packed[:, 0] >> 4, state.packed[:, 0] & 0xF], dim=1).reshape(-1)
     n = state.shape.numel()
-    values = _levels(state.config.quant_type)[codes.long()][:n]  # float32
+    values = _levels(state.config.quant_type).to(device)[codes.long()][:n]  # float32
     return _dequant_blocks(values, absmax, state.config.blocksize).reshape(state.shape).to(state.dtype)
 
 
@@ -218,13 +219,41 @@ def nf4_bits_per_weight(numel: int, config: NF4Config = NF4Config()) -> float:
     return 4 + (8 * n_blocks + 32 * n_blocks2 + 32) / numel
 
 
+class _DequantMatmul(torch.autograd.Function):
+    """``x @ W.T`` with ``W`` dequantized on ``x``'s device in the weight's dtype, forward and again backward
+    (bitsandbytes' ``MatMul4Bit``): nothing but the 4-bit state is kept for the backward pass, and the frozen
+    weight gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, x2: torch.Tensor, state: NF4State) -> torch.Tensor:
+        ctx.state = state
+        w = _dequantize_on(state, x2.device)
+        return (x2.to(w.dtype) @ w.T).to(x2.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w = _dequantize_on(ctx.state, grad.device)
+        return (grad.to(w.dtype) @ w).to(grad.dtype), None
+
+
+def _dequantize_on(state: NF4State, device: torch.device) -> torch.Tensor:
+    if state.packed.device == device:
+        return dequantize_4bit(state)
+    return dequantize_4bit(NF4State(state.packed.cpu(), state.shape, state.dtype, state.config, state.absmax.cpu(),
+                                    None if state.offset is None else state.offset.cpu(),
+                                    None if state.absmax2 is None else state.absmax2.cpu())).to(device)
+
+
 def nf4_linear(x: torch.Tensor, state: NF4State, bias: torch.Tensor | None = None, kernel: bool = False,
                levels: torch.Tensor | None = None, absmax_code: torch.Tensor | None = None) -> torch.Tensor:
     """``x`` (..., in) through the 4-bit weight of ``state`` (out, in) -> (..., out) in ``x.dtype``.
 
     ``kernel=True`` runs :func:`qtutor.kernels.nf4.nf4_matmul` on the packed codes (``levels`` and
-    ``absmax_code`` on ``x``'s device save rebuilding them); otherwise the weight is dequantized (on
-    the CPU, as bitsandbytes' reference) and multiplied in PyTorch in the weight's dtype.
+    ``absmax_code`` on ``x``'s device save rebuilding them); otherwise the weight is dequantized (where the
+    state lives) and multiplied in PyTorch in the weight's dtype.
+    When autograd records (``x.requires_grad`` with grad mode on: a LoRA adapter below it is training) the
+    weight is dequantized on ``x``'s device and multiplied in PyTorch, in forward and again in backward, so
+    ``x`` gets its gradient on either device (the Triton kernel has no backward).
     Both paths take ``x`` float16, bfloat16 or float32 — bitsandbytes' ``matmul_4bit`` takes any
     float (``Linear4bit`` computes in float32 by default) — and refuse other dtypes and a last
     dimension other than ``in`` with the kernel's ``ValueError``
@@ -235,7 +264,9 @@ def nf4_linear(x: torch.Tensor, state: NF4State, bias: torch.Tensor | None = Non
     out_features, in_features = state.shape
     check_activations(x, in_features)  # the kernel path's checks, on every path
     x2 = x.reshape(-1, in_features)  # (tokens, in)
-    if kernel:
+    if torch.is_grad_enabled() and x.requires_grad:
+        y = _DequantMatmul.apply(x2, state)  # training through the frozen base (QLoRA): a gradient for x
+    elif kernel:
         from ..kernels.nf4 import nf4_matmul
 
         levels = _levels(state.config.quant_type).to(x.device) if levels is None else levels
@@ -246,10 +277,7 @@ def nf4_linear(x: torch.Tensor, state: NF4State, bias: torch.Tensor | None = Non
                       dq_blocksize=state.config.dq_blocksize)
         y = nf4_matmul(x2.contiguous(), state.packed, state.absmax, levels, out_features, state.config.blocksize, **dq)
     else:
-        cpu = NF4State(state.packed.cpu(), state.shape, state.dtype, state.config, state.absmax.cpu(),
-                       None if state.offset is None else state.offset.cpu(),
-                       None if state.absmax2 is None else state.absmax2.cpu())
-        w = dequantize_4bit(cpu).to(x.device)  # (out, in)
+        w = _dequantize_on(state, x.device)  # (out, in); the same bits on any device (elementwise products)
         y = (x2.to(w.dtype) @ w.T).to(x.dtype)  # (tokens, out)
     if bias is not None:
         y = y + bias.to(y.dtype)

@@ -9,6 +9,10 @@ inputs are the outputs of the blocks before it *as already quantized*, and its t
 to those same inputs, so each block also learns to correct what the earlier ones got wrong.
 
 After training the weights are baked: ``W ← Q(W)`` (on the grid, so any RTN-format packer can store them).
+:func:`qat_distill_` is the whole-model form (torchao's QAT recipe trains end to end; here on the float
+teacher's distribution, KL(p_teacher ‖ p_student) per token, as LLM-QAT, Liu et al. 2023, does): every chosen
+linear at once, for ``steps`` optimizer steps on batches of token windows — a GPU budget.
+
 The model is changed in place; an error (bad input, activations that overflow, an interrupt) puts every block
 back as it was.
 """
@@ -25,9 +29,10 @@ from torch import nn
 
 from ..methods.qat import fake_quant_ste
 from ..model.walk import decoder_blocks
+from ..progress import progress as progress_bar
 from .sequential import _first, block_progress, capture_block_inputs, check_hidden, run_block
 
-__all__ = ["QATConfig", "GroupLSQ", "qat_blockwise_", "rtn_group_", "lsq_quantized", "block_mse"]
+__all__ = ["QATConfig", "GroupLSQ", "qat_blockwise_", "qat_distill_", "rtn_group_", "lsq_quantized", "block_mse"]
 
 
 @dataclass(frozen=True)
@@ -188,3 +193,62 @@ def _train_block(block: nn.Module, inputs, target: torch.Tensor, config: QATConf
         for p in block.parameters():
             p.requires_grad_(was[id(p)])
     return {"mse_rtn": mse_rtn, "mse_qat": mse_qat, "loss_first": losses[0], "loss_last": losses[-1]}
+
+
+def qat_distill_(model: nn.Module, teacher: nn.Module, input_ids: torch.Tensor, config: QATConfig = QATConfig(),
+                 blocks: Sequence[int] | None = None, progress: bool = True, seed: int = 0,
+                 log_every: int = 0) -> list[float]:
+    """Whole-model QAT: the chosen blocks' linears (default: all) compute with ``Q(W)`` and train together, weights
+    and LSQ scales, for ``config.steps`` Adam steps on random batches of ``config.batch_size`` rows of
+    ``input_ids`` (n, seq), minimizing the mean KL(p_teacher ‖ p_model) per token against the float ``teacher``
+    (same tokenizer, frozen). Norms, embeddings and the head stay frozen. At the end ``W ← Q(W)`` (on the grid).
+    Returns the loss per step. An error leaves every weight as it was."""
+    chosen = _check(model, config, blocks)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+        raise ValueError("input_ids must be an int64 tensor (n_samples, seq_len)")
+    if not isinstance(teacher, nn.Module) or teacher is model:
+        raise ValueError("teacher must be a separate (float) model")
+    all_blocks = decoder_blocks(model)
+    lins = {(i, n): m for i in chosen for n, m in _linears(all_blocks[i]).items()}
+    saved = {k: m.weight.detach().clone() for k, m in lins.items()}
+    was = {id(p): p.requires_grad for p in model.parameters()}
+    device = model.model.embed_tokens.weight.device
+    ids = input_ids.to(device)
+    g = torch.Generator().manual_seed(seed)
+    history = []
+    try:
+        with contextlib.ExitStack() as stack:
+            scales = []
+            for i in chosen:
+                scales += [q.scale for q in stack.enter_context(
+                    lsq_quantized(all_blocks[i], config.n_bits, config.group_size, bake=True)).values()]
+            for p in model.parameters():
+                p.requires_grad_(False)
+            weights = [m.weight for m in lins.values()]
+            for w in weights:
+                w.requires_grad_(True)
+            opt = torch.optim.Adam([{"params": weights, "lr": config.lr}, {"params": scales, "lr": config.scale_lr}])
+            for step in progress_bar(range(config.steps), "QAT steps", enabled=progress):
+                idx = torch.randperm(ids.shape[0], generator=g)[: config.batch_size].to(device)
+                batch = ids[idx]
+                with torch.no_grad():
+                    target = F.log_softmax(teacher(batch).logits.float(), dim=-1)
+                logp = F.log_softmax(model(batch).logits.float(), dim=-1)
+                loss = F.kl_div(logp, target, log_target=True, reduction="none").sum(-1).mean()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"step {step}: the distillation loss is {float(loss.detach())}: lower lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                history.append(float(loss.detach()))
+                if log_every and (step + 1) % log_every == 0:
+                    print(f"QAT step {step + 1}/{config.steps}: KL {history[-1]:.4f}", flush=True)
+    except BaseException:
+        with torch.no_grad():
+            for (i, n), w in saved.items():
+                lins[(i, n)].weight.copy_(w)
+        raise
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(was[id(p)])
+    return history

@@ -88,3 +88,32 @@ def test_bad_targets_leave_the_model_unchanged(tiny_llama):
         merge_lora(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="base must be"):
         LoRALinear(nn.Conv1d(2, 2, 1))
+
+
+@pytest.mark.parametrize("use_kernel", [False, True])
+def test_the_frozen_base_passes_a_gradient_to_its_input(use_kernel, monkeypatch):
+    """An adapter below an NF4 layer learns only if the NF4 layer gives its input a gradient: x̄ = ȳ · W (the
+    dequantized weight), on the kernel path too (the Triton kernel has no backward; training dequantizes, as
+    bitsandbytes' MatMul4Bit does)."""
+    if use_kernel:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    base = _nf4(2)
+    base.use_kernel = use_kernel
+    w = base(torch.eye(64)).detach() - base.bias.detach()  # row j: W[:, j]
+    x = torch.randn(3, 64, requires_grad=True)
+    y = base(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.testing.assert_close(x.grad, g @ w.T, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(base(x), y.detach())  # the same forward with and without autograd
+
+
+def test_an_adapter_below_an_nf4_layer_gets_its_gradient():
+    first = LoRALinear(_nf4(3, out=64, inp=64), r=4, alpha=8, adapter_dtype=torch.float32)
+    with torch.no_grad():
+        first.lora_B.normal_(0, 0.1)
+    second = _nf4(4, out=16, inp=64)
+    x = torch.randn(4, 64)
+    second(first(x)).pow(2).sum().backward()
+    assert float(first.lora_A.grad.abs().sum()) > 0 and float(first.lora_B.grad.abs().sum()) > 0
