@@ -164,7 +164,7 @@ def _blockwise_codes_lut(flat: torch.Tensor, code: torch.Tensor, blocksize: int)
 def _dequant_blocks(values: torch.Tensor, absmax: torch.Tensor, blocksize: int) -> torch.Tensor:
     n = values.numel()
     full = n - n % blocksize
-    out = torch.empty(n, dtype=torch.float32)
+    out = torch.empty(n, dtype=torch.float32, device=values.device)
     out[:full] = (values[:full].view(-1, blocksize) * absmax[: full // blocksize].view(-1, 1)).reshape(-1)
     if n % blocksize:
         out[full:] = values[full:] * absmax[-1]
@@ -199,10 +199,11 @@ def quantize_4bit(w: torch.Tensor, config: NF4Config = NF4Config()) -> NF4State:
 
 def dequantize_4bit(state: NF4State) -> torch.Tensor:
     """Reconstruct the tensor (shape and dtype of the original)."""
-    absmax, device = state.absmax, state.packed.device  # on the state's device (the tables go there)
+    device = state.packed.device  # on the codes' device (the tables and the scales go there)
+    absmax = state.absmax.to(device)
     if state.config.double_quant:
-        absmax = _dequant_blocks(dynamic_map().to(device)[absmax.long()], state.absmax2,
-                                 state.config.dq_blocksize) + state.offset
+        absmax = _dequant_blocks(dynamic_map().to(device)[absmax.long()], state.absmax2.to(device),
+                                 state.config.dq_blocksize) + state.offset.to(device)
     codes = torch.stack([state.packed[:, 0] >> 4, state.packed[:, 0] & 0xF], dim=1).reshape(-1)
     n = state.shape.numel()
     values = _levels(state.config.quant_type).to(device)[codes.long()][:n]  # float32
