@@ -1,4 +1,5 @@
-"""The ``qtutor`` command: ``qtutor doctor``, ``qtutor fetch-model`` and ``qtutor course``."""
+"""The ``qtutor`` command: ``qtutor doctor``, ``qtutor fetch-model``, ``qtutor course``, ``qtutor quantize`` and
+``qtutor eval``."""
 from __future__ import annotations
 
 import argparse
@@ -77,12 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     browser = course.add_mutually_exclusive_group()
     browser.add_argument("--browser", dest="browser", action="store_true", default=None, help="open a browser")
     browser.add_argument("--no-browser", dest="browser", action="store_false", help="only print the URL")
+    from .quantize_cli import add_parsers, dispatch
+
+    add_parsers(sub)
     args, extra = parser.parse_known_args(argv)
     if args.command != "course" and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     if args.command == "course":
         return _course(args, [a for a in extra if a != "--"])
+    if args.command in ("quantize", "eval"):
+        return dispatch(args)
 
     if args.command == "doctor" and (args.record or args.check):
         return _doctor_baseline(args)

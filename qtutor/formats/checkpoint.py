@@ -39,6 +39,9 @@ __all__ = ["FORMATS", "CHECKPOINT_FILES", "save_quantized", "load_quantized"]
 
 FORMATS = tuple(LAYOUTS)
 CHECKPOINT_FILES = frozenset({"config.json", "model.safetensors"})
+# what a Hugging Face tokenizer's save_pretrained writes: a checkpoint folder may hold these beside its weights
+TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                             "merges.txt", "added_tokens.json", "tokenizer.model", "chat_template.jinja"})
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -52,10 +55,12 @@ def _describe(results: dict[str, QuantizedWeight]) -> tuple[int, int | None, boo
     return n_bits, group_size, any(qw.has_act_order for qw in results.values()), symmetric
 
 
-def save_quantized(model: nn.Module, results: dict[str, QuantizedWeight], folder: str | Path, fmt: str = "gptq") -> Path:
+def save_quantized(model: nn.Module, results: dict[str, QuantizedWeight], folder: str | Path, fmt: str = "gptq",
+                   tokenizer=None) -> Path:
     """Write ``model`` with the decoder linears in ``results`` packed in layout ``fmt``; returns the folder.
 
-    ``folder`` is replaced as a whole (it may hold an older checkpoint, nothing else).
+    ``folder`` is replaced as a whole (it may hold an older checkpoint, nothing else). ``tokenizer``: saved beside
+    the weights too (``save_pretrained``), so the folder loads on its own.
     """
     if fmt not in LAYOUTS:
         raise ValueError(f"fmt={fmt!r}: choose one of {FORMATS}")
@@ -79,9 +84,11 @@ def save_quantized(model: nn.Module, results: dict[str, QuantizedWeight], folder
     config = model.config.to_dict()
     config["quantization_config"] = layout.quantization_config(n_bits, group_size, act_order, symmetric)
     folder = Path(folder)
-    with atomic_folder(folder, CHECKPOINT_FILES) as tmp:
+    with atomic_folder(folder, CHECKPOINT_FILES | TOKENIZER_FILES) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     return folder
 
 

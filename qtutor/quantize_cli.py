@@ -1,0 +1,299 @@
+"""``qtutor quantize`` and ``qtutor eval``: the course's methods on any local Llama-family model, from a shell.
+
+``qtutor quantize MODEL OUT --method rtn|gptq|awq [--bits --group-size --format]`` writes a checkpoint folder in
+the GPTQ, AWQ or compressed-tensors layout (:func:`qtutor.formats.save_quantized`, the tokenizer beside it);
+``qtutor quantize MODEL OUT.gguf --gguf Q4_K_M`` writes a GGUF with llama.cpp's per-tensor types
+(:func:`qtutor.gguf.write_gguf`). ``--dry-run`` prints the size it would write and the bits per weight, and
+writes nothing. ``MODEL`` is ``smollm2`` (the course model) or a Hugging Face folder with ``config.json``.
+
+``qtutor eval MODEL [--reference REF]`` scores a model — the course model, a float folder, a checkpoint written by
+``qtutor quantize`` or a ``.gguf`` — with the course's protocol (:mod:`qtutor.eval`: WikiText-2 test windows, no
+BOS): perplexity, and with a reference, KL(p_ref ‖ p_model) and top-1 agreement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+__all__ = ["add_parsers", "run_quantize", "run_eval", "estimate_size", "UsageError"]
+
+METHODS = ("rtn", "gptq", "awq")
+_LLAMA_FAMILY = ("llama", "mistral")
+_DEFAULT_FORMAT = {"rtn": "gptq", "gptq": "gptq", "awq": "awq"}
+
+
+class UsageError(ValueError):
+    """A bad command-line value: the message names the argument, the value and what is allowed."""
+
+
+# the choices, spelled out so that building the parser imports no torch (a test keeps them equal to the
+# package's FORMATS, FILE_TYPES and Corpus)
+FORMATS = ("gptq", "gptq_v2", "awq", "compressed-tensors")
+FILE_TYPES = ("Q8_0", "Q2_K", "Q3_K_M", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K")
+CORPORA = ("wikitext", "shakespeare", "code")
+
+
+def add_parsers(sub) -> None:
+    q = sub.add_parser("quantize", help="quantize a Llama-family model (the course model or a local folder) and write "
+                                        "a GPTQ / AWQ / compressed-tensors checkpoint or a GGUF")
+    q.add_argument("model", help="'smollm2' (the course model) or a Hugging Face folder with config.json")
+    q.add_argument("out", type=Path, help="the checkpoint folder to write (replaced as a whole), or a .gguf file")
+    how = q.add_mutually_exclusive_group(required=True)
+    how.add_argument("--method", choices=METHODS, help="weight-only method (writes a checkpoint folder)")
+    how.add_argument("--gguf", choices=FILE_TYPES, metavar="TYPE",
+                     help=f"a llama.cpp file type ({', '.join(FILE_TYPES)}); OUT must end in .gguf")
+    q.add_argument("--bits", type=int, default=4, help="code bits for --method (default 4)")
+    q.add_argument("--group-size", type=int, default=128, help="columns per scale; 0: one scale per row (default 128)")
+    q.add_argument("--format", choices=FORMATS, help="checkpoint layout (default: gptq for rtn and gptq, awq for awq)")
+    q.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
+                   help="rtn and gptq: a symmetric grid (no zero-points); default: symmetric for compressed-tensors "
+                        "(the form transformers' compressed-tensors loader reads), asymmetric otherwise")
+    q.add_argument("--calib", choices=CORPORA, default="wikitext",
+                   help="calibration corpus for gptq and awq (default wikitext)")
+    q.add_argument("--n-calib", type=int, default=128, help="calibration windows (default 128)")
+    q.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window (default 512)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="cpu", help="where to quantize: cpu or cuda")
+    q.add_argument("--dry-run", action="store_true", help="print the size and bits per weight; write nothing")
+
+    e = sub.add_parser("eval", help="perplexity (and KL / top-1 against a reference) with the course's protocol")
+    e.add_argument("model", help="'smollm2', a float folder, a checkpoint written by qtutor quantize, or a .gguf")
+    e.add_argument("--reference", help="a float model to compare with (same forms as MODEL): adds KL and top-1")
+    e.add_argument("--windows", type=int, default=8, help="WikiText-2 test windows (default 8; 0: all)")
+    e.add_argument("--ctx", type=int, default=512, help="tokens per window (default 512)")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--json", type=Path, help="also write the result to this file")
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+def _load(spec: str, device: str):
+    """(model, tokenizer) for 'smollm2', a float or qtutor-checkpoint folder, or a .gguf."""
+    from .model import load_model
+
+    if spec.lower() in ("smollm2", "course"):
+        return load_model(device=device)
+    path = Path(spec)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UsageError(f"MODEL={spec!r}: no such .gguf file")
+        return load_model(path, device=device)
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        raise UsageError(f"MODEL={spec!r}: allowed are 'smollm2', a Hugging Face folder with config.json, "
+                         "or a .gguf file")
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"MODEL={spec!r}: config.json is not valid JSON ({e})") from None
+    if raw.get("model_type") not in _LLAMA_FAMILY:
+        raise UsageError(f"MODEL={spec!r}: model_type {raw.get('model_type')!r} is not supported; allowed: "
+                         f"{', '.join(_LLAMA_FAMILY)} (Llama-family decoder blocks)")
+    if "quantization_config" in raw:
+        from transformers import AutoTokenizer
+
+        from .formats.checkpoint import load_quantized
+
+        return load_quantized(path, device=device).eval(), AutoTokenizer.from_pretrained(path)
+    return load_model(path, device=device)
+
+
+def _check_args(args) -> None:
+    if args.method:
+        if not isinstance(args.bits, int) or not 2 <= args.bits <= 8:
+            raise UsageError(f"--bits={args.bits}: allowed 2 to 8")
+        if args.group_size < 0:
+            raise UsageError(f"--group-size={args.group_size}: a positive number of columns, or 0 for one per row")
+        if args.out.suffix == ".gguf":
+            raise UsageError(f"OUT={args.out}: --method writes a checkpoint folder; use --gguf TYPE for a .gguf")
+        if args.method in ("gptq", "awq"):
+            if args.n_calib < 1:
+                raise UsageError(f"--n-calib={args.n_calib}: at least 1 calibration window")
+            if args.seq_len < 2:
+                raise UsageError(f"--seq-len={args.seq_len}: at least 2 tokens")
+    else:
+        if args.out.suffix != ".gguf":
+            raise UsageError(f"OUT={args.out}: a --gguf file must end in .gguf")
+        if args.format:
+            raise UsageError("--format is for --method checkpoints; a GGUF's tensor types follow --gguf")
+    if args.out.exists() and args.out.is_dir() and args.gguf:
+        raise UsageError(f"OUT={args.out} is a folder; --gguf writes a file")
+
+
+# --------------------------------------------------------------------------------------------------- sizes
+
+def estimate_size(model, method: str | None, bits: int, group_size: int | None, fmt: str | None,
+                  gguf_type: str | None) -> dict:
+    """Bytes of what ``qtutor quantize`` writes (tensor data; file headers add a few kB) and bits per weight of the
+    decoder linears. Checkpoints: codes, an fp16 scale and a packed zero-point per group; every other tensor in
+    its own dtype (the tied head once). GGUF: each tensor in the type llama.cpp's rules choose."""
+    from .model import decoder_linears
+
+    if gguf_type:
+        import gguf
+
+        from .gguf.file_types import choose_tensor_type
+        from .gguf.io import gguf_tensors_from_hf
+
+        tensors = gguf_tensors_from_hf(model)
+        cfg = model.config
+        n_gqa = cfg.num_attention_heads // cfg.num_key_value_heads
+        tied = "output.weight" not in tensors
+        total, lin_bits, lin_n = 0, 0.0, 0
+        for name, a in tensors.items():
+            t = choose_tensor_type(name, tuple(reversed(a.shape)), gguf_type, cfg.num_hidden_layers, n_gqa, tied)
+            if t in ("F32", "F16"):
+                nbytes = a.size * (4 if t == "F32" else 2)
+            else:
+                block, size = gguf.GGML_QUANT_SIZES[getattr(gguf.GGMLQuantizationType, t)]
+                nbytes = a.size // block * size
+            total += nbytes
+            if name.startswith("blk.") and a.ndim == 2:
+                lin_bits, lin_n = lin_bits + 8 * nbytes, lin_n + a.size
+        return {"bytes": total, "linear_bits_per_weight": lin_bits / lin_n, "what": f"GGUF {gguf_type}"}
+    linears = decoder_linears(model)
+    gs = group_size or None
+    lin_bytes = 0.0
+    for m in linears.values():
+        groups = -(-m.in_features // gs) if gs else 1
+        lin_bytes += m.out_features * (m.in_features * bits + groups * (16 + bits)) / 8
+    skip = {id(m.weight) for m in linears.values()}
+    seen: set[int] = set()
+    other = 0
+    for p in list(model.parameters()) + list(model.buffers()):
+        if id(p) in skip or id(p) in seen:
+            continue
+        seen.add(id(p))
+        other += p.numel() * p.element_size() if p.is_floating_point() else 0
+    n = sum(m.weight.numel() for m in linears.values())
+    return {"bytes": int(lin_bytes + other), "linear_bits_per_weight": 8 * lin_bytes / n,
+            "what": f"{method.upper()} W{bits} " + (f"g{gs}" if gs else "per-row") + f", {fmt} layout"}
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+# --------------------------------------------------------------------------------------------------- commands
+
+def run_quantize(args) -> int:
+    from .data import Corpus, calibration_samples
+
+    _check_args(args)
+    cfg_file = Path(args.model) / "config.json"
+    if cfg_file.is_file() and "quantization_config" in cfg_file.read_text():
+        raise UsageError(f"MODEL={args.model!r} is already quantized (its config.json has a quantization_config); "
+                         "quantize a float model")
+    model, tok = _load(args.model, args.device)
+    fmt = None if args.gguf else (args.format or _DEFAULT_FORMAT[args.method])
+    gs = args.group_size or None
+    if args.method:  # the grid's own checks (bits, group size against every layer) before any work
+        from .model import decoder_linears
+
+        for name, m in decoder_linears(model).items():
+            if gs and m.in_features % gs:
+                raise UsageError(f"--group-size={args.group_size}: {name} has {m.in_features} input columns, "
+                                 "not a multiple; allowed: a divisor of every layer's in_features, or 0")
+    size = estimate_size(model, args.method, args.bits, gs, fmt, args.gguf)
+    print(f"{size['what']}: {_fmt_bytes(size['bytes'])} of tensors, decoder linears at "
+          f"{size['linear_bits_per_weight']:.3f} bits per weight", flush=True)
+    if args.dry_run:
+        print("dry run: nothing written")
+        return 0
+    if args.gguf:
+        from .gguf import write_gguf
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        types = write_gguf(model, args.out, args.gguf, tokenizer=tok)
+        counts: dict[str, int] = {}
+        for t in types.values():
+            counts[t] = counts.get(t, 0) + 1
+        print(f"wrote {args.out} ({_fmt_bytes(args.out.stat().st_size)}): "
+              + ", ".join(f"{n} × {t}" for t, n in sorted(counts.items())))
+        return 0
+    from .formats.checkpoint import save_quantized
+    from .methods.awq import AWQConfig
+    from .methods.gptq import GPTQConfig
+    from .model import decoder_linears
+    from .primitives import rtn_grid_quantize
+
+    symmetric = (fmt == "compressed-tensors") if args.symmetric is None else args.symmetric
+    if args.method == "awq" and symmetric:
+        if args.symmetric:
+            raise UsageError("--symmetric: AWQ's grid is asymmetric (min-max with a zero-point); allowed with "
+                             "--method rtn or gptq")
+        symmetric = False
+        if fmt == "compressed-tensors":
+            print("note: AWQ writes zero-points; transformers' compressed-tensors loader reads the symmetric form "
+                  "only, so this folder loads in qtutor (qtutor eval) but not in transformers", flush=True)
+    if args.method == "rtn":
+        import torch
+
+        results = {}
+        with torch.no_grad():
+            for name, lin in decoder_linears(model).items():
+                results[name] = rtn_grid_quantize(lin.weight, args.bits, gs, symmetric).to("cpu")
+    else:
+        calib = calibration_samples(tok, Corpus[args.calib.upper()], n_samples=args.n_calib, seq_len=args.seq_len,
+                                    seed=args.seed)
+        if args.method == "gptq":
+            from .pipeline.gptq import gptq_quantize_model
+
+            results = gptq_quantize_model(model, calib, GPTQConfig(args.bits, gs, symmetric=symmetric), progress=True)
+        else:
+            from .pipeline.awq import awq_quantize_model
+
+            results, _ = awq_quantize_model(model, calib, AWQConfig(args.bits, gs), progress=True)
+    save_quantized(model, results, args.out, fmt, tokenizer=tok)
+    written = sum(p.stat().st_size for p in args.out.iterdir())
+    print(f"wrote {args.out}/ ({_fmt_bytes((args.out / 'model.safetensors').stat().st_size)} model.safetensors, "
+          f"{_fmt_bytes(written)} in all, tokenizer included); score it with: qtutor eval {args.out} --reference "
+          f"{args.model}")
+    return 0
+
+
+def run_eval(args) -> int:
+    import torch
+
+    from .eval import EvalConfig, logit_agreement, perplexity, reference_logits
+
+    if args.windows < 0:
+        raise UsageError(f"--windows={args.windows}: a positive number, or 0 for every window")
+    if args.ctx < 2:
+        raise UsageError(f"--ctx={args.ctx}: at least 2 tokens")
+    cfg = EvalConfig(ctx=args.ctx, n_windows=args.windows or None, batch_size=1)
+    model, tok = _load(args.model, args.device)
+    result: dict[str, object] = {"model": args.model, "windows": args.windows or "all", "ctx": args.ctx,
+                                 "corpus": "WikiText-2 test, no BOS"}
+    with torch.no_grad():
+        if args.reference:
+            ref_model, ref_tok = _load(args.reference, args.device)
+            if ref_tok.get_vocab() != tok.get_vocab():
+                raise UsageError(f"--reference={args.reference!r}: its tokenizer differs from MODEL's; KL needs the "
+                                 "same vocabulary")
+            ref = reference_logits(ref_model, ref_tok, cfg)
+            del ref_model
+            result.update(logit_agreement(model, ref, with_perplexity=True))
+            result["reference"] = args.reference
+        else:
+            result["perplexity"] = perplexity(model, tok, cfg)
+    if not math.isfinite(float(result["perplexity"])):
+        print(f"warning: the perplexity is {result['perplexity']}: the model's outputs overflow", file=sys.stderr)
+    line = f"{args.model}: perplexity {float(result['perplexity']):.3f}"
+    if "kl" in result:
+        line += f", KL {float(result['kl']):.4f} nats/token, top-1 {float(result['top1']):.2%} vs {args.reference}"
+    print(line + f" ({cfg.n_windows or 'all'} windows of {args.ctx} WikiText-2 test tokens)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    try:
+        return run_quantize(args) if args.command == "quantize" else run_eval(args)
+    except (UsageError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
