@@ -1,5 +1,5 @@
-"""The ``qtutor`` command: ``qtutor doctor``, ``qtutor fetch-model``, ``qtutor course``, ``qtutor quantize`` and
-``qtutor eval``."""
+"""The ``qtutor`` command: ``qtutor doctor``, ``qtutor fetch-model``, ``qtutor course``, ``qtutor quantize``,
+``qtutor eval`` and ``qtutor recommend``."""
 from __future__ import annotations
 
 import argparse
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "course":
         return _course(args, [a for a in extra if a != "--"])
-    if args.command in ("quantize", "eval"):
+    if args.command in ("quantize", "eval", "recommend"):
         return dispatch(args)
 
     if args.command == "doctor" and (args.record or args.check):

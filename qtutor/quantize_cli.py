@@ -59,6 +59,17 @@ def add_parsers(sub) -> None:
     q.add_argument("--device", default="cpu", help="where to quantize: cpu or cuda")
     q.add_argument("--dry-run", action="store_true", help="print the size and bits per weight; write nothing")
 
+    r = sub.add_parser("recommend", help="ranked quantization options for a model and a machine, each naming the "
+                                         "measurement it rests on")
+    r.add_argument("model", help="a preset (llama-3-8b, llama-3-70b, smollm2-135m) or a folder with config.json")
+    r.add_argument("--memory", type=float, required=True, help="GB of GPU memory (or of RAM with --gpu none)")
+    r.add_argument("--gpu", default="hopper", choices=("hopper", "ada", "ampere", "none"))
+    r.add_argument("--priority", default="latency", choices=("latency", "throughput"))
+    r.add_argument("--quality-critical", action="store_true", help="rank by measured quality first")
+    r.add_argument("--context", type=int, default=4096, help="tokens of KV cache to hold (default 4096)")
+    r.add_argument("--batch", type=int, default=1)
+    r.add_argument("--top", type=int, default=3, help="how many options to print (default 3)")
+
     e = sub.add_parser("eval", help="perplexity (and KL / top-1 against a reference) with the course's protocol")
     e.add_argument("model", help="'smollm2', a float folder, a checkpoint written by qtutor quantize, or a .gguf")
     e.add_argument("--reference", help="a float model to compare with (same forms as MODEL): adds KL and top-1")
@@ -291,8 +302,28 @@ def run_eval(args) -> int:
     return 0
 
 
+def run_recommend(args) -> int:
+    from .recommend import PRESETS, recommend, summary
+
+    model = args.model
+    if args.model.lower() not in PRESETS:
+        cfg = Path(args.model) / "config.json"
+        if not cfg.is_file():
+            raise UsageError(f"MODEL={args.model!r}: allowed presets {', '.join(PRESETS)}, or a folder with config.json")
+        model = json.loads(cfg.read_text())
+    name = f"<{args.model} folder>" if isinstance(model, str) else args.model
+    opts = recommend(model, args.memory, args.gpu, args.priority, args.quality_critical, args.context, args.batch,
+                     name=name)
+    print(summary(opts, args.top))
+    print("quality: KL to float measured on SmolLM2-135M (a small model loses more than a large one at the same "
+          "bits; the figures rank the options); sizes: exact bits per weight for this model's shapes")
+    return 0
+
+
 def dispatch(args: argparse.Namespace) -> int:
     try:
+        if args.command == "recommend":
+            return run_recommend(args)
         return run_quantize(args) if args.command == "quantize" else run_eval(args)
     except (UsageError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -79,3 +79,13 @@ def test_gguf_sizes_match_the_files_qtutor_writes():
 def test_bad_input(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         recommend(**kwargs)
+
+
+def test_the_command(capsys, tmp_path):
+    from qtutor.cli import main
+
+    assert main(["recommend", "llama-3-70b", "--memory", "80", "--gpu", "hopper"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1. ") and "weight_only_quality_h100.json" in out
+    assert main(["recommend", str(tmp_path), "--memory", "80"]) == 2
+    assert "MODEL=" in capsys.readouterr().err
