@@ -11,12 +11,10 @@ from qtutor.cli import main
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def tiny_folder(tmp_path_factory, smollm2):  # the course tokenizer (the smollm2 fixture marks these tests slow)
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from qtutor.model.loading import model_cache_path
-
-    tok = AutoTokenizer.from_pretrained(model_cache_path())
+    tok = smollm2[1]
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,

@@ -56,13 +56,12 @@ def test_a_laptop_without_a_gpu_gets_gguf():
     assert "llama-cli" in " ".join(opts[0].commands)
 
 
-def test_gguf_sizes_match_the_files_qtutor_writes():
+def test_gguf_sizes_match_the_files_qtutor_writes(smollm2):
     """The shape-only size (no weights) equals the per-tensor size of the real model under the writer's type rules."""
-    from qtutor.model import load_model
     from qtutor.quantize_cli import estimate_size
     from qtutor.recommend import _gguf_bytes
 
-    model, _ = load_model()
+    model = smollm2[0]
     assert model_shape(model) == model_shape("smollm2-135m")
     for ft in ("Q8_0", "Q4_K_M"):
         assert _gguf_bytes(model_shape("smollm2-135m"), ft)[0] == estimate_size(model, None, 0, None, None, ft)["bytes"]
