@@ -193,13 +193,13 @@ def run_quantize(args) -> int:
     from .data import Corpus, calibration_samples
 
     _check_args(args)
-    if args.method and args.out.is_dir():  # refused before any work, not after a GPTQ run
-        from .formats.checkpoint import CHECKPOINT_FILES, TOKENIZER_FILES
+    if args.method:  # refused before any work, not after a GPTQ run
+        from .formats.checkpoint import check_replaceable
 
-        foreign = sorted(p.name for p in args.out.iterdir() if p.name not in CHECKPOINT_FILES | TOKENIZER_FILES)
-        if foreign:
-            raise UsageError(f"OUT={args.out} holds files that are not part of a checkpoint ({', '.join(foreign[:5])}): "
-                             "the folder is replaced as a whole, so choose an empty or new folder")
+        try:
+            check_replaceable(args.out)
+        except ValueError as e:
+            raise UsageError(f"OUT={e}") from None
     cfg_file = Path(args.model) / "config.json"
     if cfg_file.is_file() and "quantization_config" in cfg_file.read_text():
         raise UsageError(f"MODEL={args.model!r} is already quantized (its config.json has a quantization_config); "

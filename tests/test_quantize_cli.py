@@ -132,3 +132,10 @@ def test_a_folder_holding_other_files_is_not_replaced(tiny_folder, tmp_path, cap
     assert main(["quantize", str(tiny_folder), str(out), "--method", "rtn", "--group-size", "32"]) == 2
     assert "notes.txt" in capsys.readouterr().err and (out / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_the_float_models_own_folder_is_not_replaced(tiny_folder, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_folder.iterdir()}
+    assert main(["quantize", str(tiny_folder), str(tiny_folder), "--method", "rtn", "--group-size", "32"]) == 2
+    assert "holds files that are not part of a checkpoint (generation_config.json)" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_folder.iterdir()} == before

@@ -35,7 +35,7 @@ from ..primitives.grid import QuantizedWeight
 from .files import TensorInfo, atomic_folder, read_header
 from .registry import LAYOUTS, Layout, layout_for
 
-__all__ = ["FORMATS", "CHECKPOINT_FILES", "save_quantized", "load_quantized"]
+__all__ = ["FORMATS", "CHECKPOINT_FILES", "check_replaceable", "save_quantized", "load_quantized"]
 
 FORMATS = tuple(LAYOUTS)
 CHECKPOINT_FILES = frozenset({"config.json", "model.safetensors"})
@@ -53,6 +53,35 @@ def _describe(results: dict[str, QuantizedWeight]) -> tuple[int, int | None, boo
     n_bits, group_size = kinds.pop()
     symmetric = all(bool(torch.all(qw.zero == 2 ** (n_bits - 1))) for qw in results.values())
     return n_bits, group_size, any(qw.has_act_order for qw in results.values()), symmetric
+
+
+def check_replaceable(folder: str | Path) -> None:
+    """Refuse ``folder`` unless it is missing, empty or an earlier quantized checkpoint (with its tokenizer).
+
+    Saving replaces the folder as a whole, so a folder with other files in it, or a float model's folder
+    (a ``config.json`` without ``quantization_config``, e.g. the model being quantized), is refused before
+    anything is computed or written.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is a file; a checkpoint is a folder")
+    names = sorted(p.name for p in folder.iterdir())
+    if not names:
+        return
+    foreign = [n for n in names if n not in CHECKPOINT_FILES | TOKENIZER_FILES] or (
+        names if "config.json" not in names else [])
+    if foreign:
+        raise ValueError(f"{folder} holds files that are not part of a checkpoint ({', '.join(foreign[:5])}): "
+                         "the folder is replaced as a whole, so choose an empty or new folder")
+    try:
+        quantized = "quantization_config" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        quantized = False
+    if not quantized:
+        raise ValueError(f"{folder} holds a model that is not a quantized checkpoint (its config.json has no "
+                         "quantization_config): it would be replaced as a whole, so choose an empty or new folder")
 
 
 def save_quantized(model: nn.Module, results: dict[str, QuantizedWeight], folder: str | Path, fmt: str = "gptq",
@@ -84,6 +113,7 @@ def save_quantized(model: nn.Module, results: dict[str, QuantizedWeight], folder
     config = model.config.to_dict()
     config["quantization_config"] = layout.quantization_config(n_bits, group_size, act_order, symmetric)
     folder = Path(folder)
+    check_replaceable(folder)
     with atomic_folder(folder, CHECKPOINT_FILES | TOKENIZER_FILES) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))

@@ -210,6 +210,25 @@ def test_saving_into_a_folder_with_other_files_is_refused(quantized, tmp_path):
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["tokenizer.json"]
 
 
+def test_a_float_models_folder_is_refused(quantized, tmp_path):
+    model, results = quantized
+    model.save_pretrained(tmp_path / "float")  # config.json + model.safetensors, no quantization_config
+    (tmp_path / "float" / "generation_config.json").unlink(missing_ok=True)  # foreign: refused on that count too
+    before = sorted(p.name for p in (tmp_path / "float").iterdir())
+    with pytest.raises(ValueError, match=r"not a quantized checkpoint \(its config.json has no quantization_config\)"):
+        save_quantized(model, results, tmp_path / "float", "gptq")
+    assert sorted(p.name for p in (tmp_path / "float").iterdir()) == before
+
+
+def test_an_earlier_checkpoint_with_its_tokenizer_is_replaced(quantized, tmp_path):
+    model, results = quantized
+    folder = save_quantized(model, results, tmp_path / "ckpt", "gptq")
+    (folder / "tokenizer.json").write_text("{}")  # as save_quantized(tokenizer=...) leaves it
+    save_quantized(model, results, folder, "awq")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert _config(folder)["quantization_config"]["quant_method"] == "awq"
+
+
 @pytest.mark.parametrize("fmt", ["gptq", "awq"])
 def test_biases_travel(tmp_path, fmt, make_tiny_llama):
     model = make_tiny_llama(attention_bias=True, mlp_bias=True)
