@@ -32,7 +32,7 @@ from torch import nn
 from ..model.walk import decoder_linears
 from ..nn.w4a16 import W4A16Linear
 from ..primitives.grid import QuantizedWeight
-from .files import TensorInfo, atomic_folder, read_header
+from .files import TensorInfo, atomic_folder, check_folder_names, read_header
 from .registry import LAYOUTS, Layout, layout_for
 
 __all__ = ["FORMATS", "CHECKPOINT_FILES", "check_replaceable", "save_quantized", "load_quantized"]
@@ -63,18 +63,12 @@ def check_replaceable(folder: str | Path) -> None:
     anything is computed or written.
     """
     folder = Path(folder)
-    if not folder.exists():
-        return
-    if not folder.is_dir():
-        raise ValueError(f"{folder} is a file; a checkpoint is a folder")
-    names = sorted(p.name for p in folder.iterdir())
+    check_folder_names(folder, CHECKPOINT_FILES | TOKENIZER_FILES)
+    names = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
     if not names:
         return
-    foreign = [n for n in names if n not in CHECKPOINT_FILES | TOKENIZER_FILES] or (
-        names if "config.json" not in names else [])
-    if foreign:
-        raise ValueError(f"{folder} holds files that are not part of a checkpoint ({', '.join(foreign[:5])}): "
-                         "the folder is replaced as a whole, so choose an empty or new folder")
+    if "config.json" not in names:  # tokenizer files alone are not a checkpoint
+        check_folder_names(folder, frozenset())
     try:
         quantized = "quantization_config" in json.loads((folder / "config.json").read_text())
     except (OSError, ValueError, TypeError):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TensorInfo", "DTYPES", "read_header", "atomic_folder"]
+__all__ = ["TensorInfo", "DTYPES", "read_header", "atomic_folder", "check_folder_names"]
 
 # safetensors' dtype names -> torch dtypes
 DTYPES: dict[str, torch.dtype] = {
@@ -121,6 +121,17 @@ def _replace(tmp: Path, target: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+def check_folder_names(target: Path, allowed: frozenset[str]) -> None:
+    """Refuse a ``target`` that is a file, or a folder holding any name outside ``allowed``."""
+    if target.exists():
+        if not target.is_dir():
+            raise ValueError(f"{target} is a file; a checkpoint is a folder")
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in allowed)
+        if foreign:
+            raise ValueError(f"{target} holds files that are not part of a checkpoint ({', '.join(foreign[:5])}): "
+                             "the folder is replaced as a whole, so choose an empty or new folder")
+
+
 @contextlib.contextmanager
 def atomic_folder(target: str | Path, allowed: frozenset[str] = frozenset()) -> Iterator[Path]:
     """A fresh temporary folder beside ``target`` that replaces ``target`` if the block succeeds.
@@ -131,13 +142,7 @@ def atomic_folder(target: str | Path, allowed: frozenset[str] = frozenset()) -> 
     refused before anything is written.
     """
     target = Path(target)
-    if target.exists():
-        if not target.is_dir():
-            raise ValueError(f"{target} is a file; a checkpoint is a folder")
-        foreign = sorted(p.name for p in target.iterdir() if p.name not in allowed)
-        if foreign:
-            raise ValueError(f"{target} holds files that are not part of a checkpoint ({', '.join(foreign[:5])}): "
-                             "the folder is replaced as a whole, so choose an empty or new folder")
+    check_folder_names(target, allowed)
     target.parent.mkdir(parents=True, exist_ok=True)
     mode = target.stat().st_mode & 0o7777 if target.exists() else 0o777 & ~_umask()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
