@@ -19,7 +19,7 @@ __all__ = [
     "CheckFailed", "compare", "check_memory_gb", "check_quantize_asym", "check_group_fake_quant",
     "check_clip_search", "check_outlier_dims", "check_smooth_scales", "check_int8_decomposition",
     "check_nf4_block", "check_q8_0_encoder", "check_k4_scale_packing", "check_gptq_column_step",
-    "check_awq_scale_search", "check_dequant_gemv", "TIME_LIMIT_S",
+    "check_awq_scale_search", "check_dequant_gemv", "check_capstone_solution", "TIME_LIMIT_S",
 ]
 
 TIME_LIMIT_S = 30.0  # a learner's function that runs longer on a checker's small inputs never returns
@@ -58,9 +58,11 @@ def _describe(value) -> str:
 class _Learner:
     """The learner's function, called the way a checker needs: time-limited, errors in the learner's terms."""
 
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: Callable, time_limit: float | None = None):
         self.fn = getattr(fn, "learner_fn", fn)  # an @exercise-wrapped function: judge the learner's code
         self.name = getattr(self.fn, "__name__", "your function")
+        self.time_limit = time_limit  # None: TIME_LIMIT_S, read at call time
+        self.slow_hint = "is there a loop that never ends?"
 
     def __call__(self, *args, **kwargs):
         use_alarm = threading.current_thread() is threading.main_thread()
@@ -69,12 +71,14 @@ class _Learner:
                 raise _TimeUp
 
             previous = signal.signal(signal.SIGALRM, _alarm)
-            signal.setitimer(signal.ITIMER_REAL, TIME_LIMIT_S)
+            signal.setitimer(signal.ITIMER_REAL, self.time_limit or TIME_LIMIT_S)
         try:
             result = self.fn(*args, **kwargs)
         except NotImplementedError:
             raise _ExerciseOpen from None
         except _TimeUp:
+            if self.time_limit:
+                raise CheckFailed(f"{self.name} ran for more than {self.time_limit:g} s: {self.slow_hint}") from None
             raise CheckFailed(f"{self.name} ran for more than {TIME_LIMIT_S:g} s on a small input: "
                               "is there a loop that never ends?") from None
         except CheckFailed:
@@ -1263,3 +1267,41 @@ def check_fake_quant_clipped_ste(fn: Callable) -> None:
             raise CheckFailed(f"gradients {g.tolist()} with n_bits={n_bits}; expected 1 where |x / s| ≤ {q_max} "
                               f"and 0 where clipped: {inside.tolist()}")
     _ok("fake quantization forward, clipped straight-through gradient backward")
+
+
+# --- 18: the capstone ----------------------------------------------------------
+
+CAPSTONE_TIME_LIMIT_S = 300.0  # two CPU cores: RTN mixes take seconds, GPTQ on every layer about 30 s, AWQ about 2 min
+
+
+@_checker
+def check_capstone_solution(fn: Callable, model, tokenizer, reference, budget) -> dict:
+    """Exercise 18.1: ``fn(model, tokenizer, budget)`` returns a quantized model within ``budget`` on held-out text.
+
+    ``fn`` gets a copy of ``model`` (the float model stays as it is for the next try). Returns the judge's
+    ``{'mb', 'linears_mb', 'kl', 'top1'}`` with ``'model'``: what ``fn`` returned.
+    """
+    import copy
+
+    from torch import nn
+
+    from .capstone import check_capstone
+
+    fn.time_limit = CAPSTONE_TIME_LIMIT_S
+    fn.slow_hint = ("the capstone allows that much on two CPU cores; calibrate on fewer samples, or use RTN "
+                    "where the layers are not sensitive")
+    def fingerprint(m):
+        return [(n, type(p).__name__, float(p.detach().double().sum())) for n, p in m.state_dict().items()]
+
+    before = fingerprint(model)
+    got = fn(copy.deepcopy(model), tokenizer, budget)
+    if isinstance(got, tuple) and got and isinstance(got[0], nn.Module):
+        raise CheckFailed(f"{fn.name} returned a tuple of {len(got)}: return the quantized model itself")
+    if not isinstance(got, nn.Module):
+        raise CheckFailed(f"{fn.name} returned {_describe(got)}: return the quantized model (an nn.Module)")
+    if got is model or fingerprint(model) != before:
+        raise CheckFailed("the float model changed: quantize the copy your function is given, not a global model")
+    result = check_capstone(got, reference, budget)
+    _ok(f"{result['mb']:.2f} MB ≤ {budget.max_mb:g} MB as stored, KL {result['kl']:.3f} ≤ {budget.max_kl:g} "
+        f"nats/token on held-out text (top-1 agreement {result['top1']:.1%})")
+    return {**result, "model": got}

@@ -259,3 +259,59 @@ def fake_quant_clipped_ste(x: torch.Tensor, scale: torch.Tensor, n_bits: int) ->
     x_c = torch.maximum(torch.minimum(x, q_max * scale), -q_max * scale)
     q = torch.clamp(torch.round(x / scale), -q_max, q_max) * scale
     return x_c + (q - x_c).detach()
+
+
+# --- notebook 18 ---
+
+__all__ += ["capstone_quantize", "capstone_schemes"]
+
+import copy  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+MIXED_PRECISION_MAP = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mixed_precision_h200.json"
+
+
+def capstone_schemes(model, max_linear_mb: float) -> dict:
+    """``{layer: Scheme}``: the least summed KL (the recorded per-layer map of notebook 12) with the decoder linears'
+    codes, scales and zero-points in at most ``max_linear_mb`` megabytes, among the widths qtutor packs (2, 4, 8)."""
+    from .diagnose.allocate import ALL_SCHEMES, allocate, damage_from_frame, linear_shapes
+    from .nn.w4a16 import PACKED_BITS
+
+    damage = damage_from_frame(pd.DataFrame(json.loads(MIXED_PRECISION_MAP.read_text())["rows"]), "kl")
+    shapes = linear_shapes(model)
+    n_weights = sum(o * i for o, i in shapes.values())
+    schemes = [s for s in ALL_SCHEMES if s.n_bits in PACKED_BITS]
+    return allocate(damage, shapes, max_linear_mb * 8e6 / n_weights, schemes).schemes
+
+
+def capstone_quantize(model, tokenizer, budget):
+    """Exercise 18.1: a model that fits ``budget.max_mb`` as stored, as good as a measured allocation makes it.
+
+    Spend the megabytes left after the embeddings and norms on the decoder linears, let the allocator choose a
+    scheme per layer from the recorded KL map, convert each group of layers with RTN, then measure the stored size:
+    the packed format also stores a ``g_idx`` per input channel and packs zero-points in whole words, which the
+    allocator's bit count leaves out, so shrink the linears' share by the overshoot and try again. ``model`` is
+    the learner's own copy: it is converted in place on the last try (earlier tries work on copies).
+    """
+    from .capstone import stored_megabytes
+    from .config import RTNConfig
+    from .nn import convert
+
+    rest = stored_megabytes(model)["rest"]
+    share = budget.max_mb - rest
+    for _ in range(6):
+        if share <= 0:
+            break
+        schemes = capstone_schemes(model, share)
+        trial = copy.deepcopy(model)
+        for scheme in sorted(set(schemes.values()), key=lambda s: (s.n_bits, s.group_size or 0)):
+            names = {n for n, s in schemes.items() if s == scheme}
+            convert(trial, RTNConfig(n_bits=scheme.n_bits, group_size=scheme.group_size), only=names.__contains__)
+        over = stored_megabytes(trial)["total"] - budget.max_mb
+        if over <= 0:
+            return trial
+        share -= over + 0.01
+    raise ValueError(f"budget.max_mb={budget.max_mb}: no mix of 2-, 4- and 8-bit RTN layers fits it")
