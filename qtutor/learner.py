@@ -30,7 +30,8 @@ import sys
 from pathlib import Path
 
 __all__ = [
-    "strip_solutions", "student_notebook", "MarkerError", "write_learner_copies", "exercises", "index_notebook",
+    "strip_solutions", "student_notebook", "MarkerError", "write_learner_copies", "exercises", "lessons",
+    "timings_machine", "index_notebook",
     "prepare_learner_folder", "course_command", "repo_root", "TIMINGS",
 ]
 
@@ -180,15 +181,20 @@ def _duration(entry) -> str:
     return "under 1 min" if s < 60 else f"about {round(s / 60)} min"
 
 
-def index_notebook(notebooks: Path, timings: dict | None, solutions: str = "solutions") -> dict:
-    """The index as a notebook of markdown cells: a table of the lessons, their times and their exercises."""
+def lessons(notebooks: Path, timings: dict | None) -> list[dict]:
+    """One ``{'file', 'title', 'time', 'exercises'}`` per course notebook, in order (the index's rows)."""
     timings = timings or {}
     rows = []
     for path in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
         nb = json.loads(path.read_text())
-        ex = "<br>".join(f"{n} {t}" for n, t in exercises(nb)) or "—"
-        when = _duration(timings.get("notebooks", {}).get(path.stem))
-        rows.append(f"| [{_title(nb, path.stem)}]({path.name}) | {when} | {ex} | [solution]({solutions}/{path.name}) |")
+        rows.append({"file": path.name, "title": _title(nb, path.stem), "exercises": exercises(nb),
+                     "time": _duration(timings.get("notebooks", {}).get(path.stem))})
+    return rows
+
+
+def timings_machine(timings: dict | None) -> str:
+    """Where the recorded notebook times were measured, in one phrase."""
+    timings = timings or {}
     machine = timings.get("machine", {})
     where = (f"{machine.get('cpu', 'an unnamed CPU')}, {machine.get('cores', '?')} cores, "
              f"{timings.get('threads', '?')} torch thread(s) per notebook, {timings.get('workers', 1)} notebook(s) "
@@ -196,6 +202,17 @@ def index_notebook(notebooks: Path, timings: dict | None, solutions: str = "solu
     load = max(timings.get("load_average") or [0])
     if load > (machine.get("cores") or 0):
         where += f"; other work kept the load average near {load:.0f}, so expect less on an idle machine"
+    return where
+
+
+def index_notebook(notebooks: Path, timings: dict | None, solutions: str = "solutions") -> dict:
+    """The index as a notebook of markdown cells: a table of the lessons, their times and their exercises."""
+    rows = []
+    for lesson in lessons(notebooks, timings):
+        ex = "<br>".join(f"{n} {t}" for n, t in lesson["exercises"]) or "—"
+        name = lesson["file"]
+        rows.append(f"| [{lesson['title']}]({name}) | {lesson['time']} | {ex} | [solution]({solutions}/{name}) |")
+    where = timings_machine(timings)
     intro = (
         "# Start here\n\n"
         "Open **00 · Why quantize?** first and take the notebooks in order: each builds on the one before. "
