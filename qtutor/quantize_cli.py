@@ -2,6 +2,8 @@
 
 ``qtutor quantize MODEL OUT --method rtn|gptq|awq [--bits --group-size --format]`` writes a checkpoint folder in
 the GPTQ, AWQ or compressed-tensors layout (:func:`qtutor.formats.save_quantized`, the tokenizer beside it);
+``--method nf4`` writes NF4 in bitsandbytes' serialization, which transformers loads with bitsandbytes
+(:func:`qtutor.formats.bnb4.save_nf4`);
 ``qtutor quantize MODEL OUT.gguf --gguf Q4_K_M`` writes a GGUF with llama.cpp's per-tensor types
 (:func:`qtutor.gguf.write_gguf`). ``--dry-run`` prints the size it would write and the bits per weight, and
 writes nothing. ``MODEL`` is ``smollm2`` (the course model) or a Hugging Face folder with ``config.json``.
@@ -20,7 +22,7 @@ from pathlib import Path
 
 __all__ = ["add_parsers", "run_quantize", "run_eval", "estimate_size", "UsageError"]
 
-METHODS = ("rtn", "gptq", "awq")
+METHODS = ("rtn", "gptq", "awq", "nf4")
 _LLAMA_FAMILY = ("llama", "mistral")
 _DEFAULT_FORMAT = {"rtn": "gptq", "gptq": "gptq", "awq": "awq"}
 
@@ -45,9 +47,12 @@ def add_parsers(sub) -> None:
     how.add_argument("--method", choices=METHODS, help="weight-only method (writes a checkpoint folder)")
     how.add_argument("--gguf", choices=FILE_TYPES, metavar="TYPE",
                      help=f"a llama.cpp file type ({', '.join(FILE_TYPES)}); OUT must end in .gguf")
-    q.add_argument("--bits", type=int, default=4, help="code bits for --method (default 4)")
-    q.add_argument("--group-size", type=int, default=128, help="columns per scale; 0: one scale per row (default 128)")
-    q.add_argument("--format", choices=FORMATS, help="checkpoint layout (default: gptq for rtn and gptq, awq for awq)")
+    q.add_argument("--bits", type=int, default=4, help="code bits for --method (default 4; nf4: 4 only)")
+    q.add_argument("--group-size", type=int, default=None,
+                   help="columns per scale; 0: one scale per row (default 128); nf4: weights per absmax block, a "
+                        "power of two from 32 to 4096 (default 64, as bitsandbytes)")
+    q.add_argument("--format", choices=FORMATS, help="checkpoint layout (default: gptq for rtn and gptq, awq for awq; "
+                                                     "nf4 always writes bitsandbytes' layout)")
     q.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
                    help="rtn and gptq: a symmetric grid (no zero-points); default: symmetric for compressed-tensors "
                         "(the form transformers' compressed-tensors loader reads), asymmetric otherwise")
@@ -112,6 +117,20 @@ def _load(spec: str, device: str):
 
 
 def _check_args(args) -> None:
+    if args.group_size is None:
+        args.group_size = 64 if args.method == "nf4" else 128
+    if args.method == "nf4":
+        if args.bits != 4:
+            raise UsageError(f"--bits={args.bits}: NF4 codes are 4 bits; allowed 4 with --method nf4")
+        if args.group_size not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
+            raise UsageError(f"--group-size={args.group_size}: NF4's absmax block must be a power of two from 32 "
+                             "to 4096 (default 64)")
+        if args.format:
+            raise UsageError(f"--format={args.format}: --method nf4 writes bitsandbytes' layout, the one "
+                             "transformers loads NF4 from; --format is for rtn, gptq and awq")
+        if args.symmetric is not None:
+            raise UsageError("--symmetric: NF4's levels are fixed (normal quantiles, absmax per block); allowed "
+                             "with --method rtn or gptq")
     if args.method:
         if not isinstance(args.bits, int) or not 2 <= args.bits <= 8:
             raise UsageError(f"--bits={args.bits}: allowed 2 to 8")
@@ -166,10 +185,15 @@ def estimate_size(model, method: str | None, bits: int, group_size: int | None, 
         return {"bytes": total, "linear_bits_per_weight": lin_bits / lin_n, "what": f"GGUF {gguf_type}"}
     linears = decoder_linears(model)
     gs = group_size or None
-    lin_bytes = 0.0
-    for m in linears.values():
-        groups = -(-m.in_features // gs) if gs else 1
-        lin_bytes += m.out_features * (m.in_features * bits + groups * (16 + bits)) / 8
+    if method == "nf4":
+        from .methods.nf4 import NF4Config, nf4_bits_per_weight
+
+        lin_bytes = sum(m.weight.numel() * nf4_bits_per_weight(m.weight.numel(), NF4Config(blocksize=gs)) / 8
+                        for m in linears.values())
+        fmt, what = None, f"NF4 block {gs} (double-quantized absmax), bitsandbytes layout"
+    else:
+        lin_bytes = _packed_bytes(linears, bits, gs)
+        what = f"{method.upper()} W{bits} " + (f"g{gs}" if gs else "per-row") + f", {fmt} layout"
     skip = {id(m.weight) for m in linears.values()}
     seen: set[int] = set()
     other = 0
@@ -179,8 +203,15 @@ def estimate_size(model, method: str | None, bits: int, group_size: int | None, 
         seen.add(id(p))
         other += p.numel() * p.element_size() if p.is_floating_point() else 0
     n = sum(m.weight.numel() for m in linears.values())
-    return {"bytes": int(lin_bytes + other), "linear_bits_per_weight": 8 * lin_bytes / n,
-            "what": f"{method.upper()} W{bits} " + (f"g{gs}" if gs else "per-row") + f", {fmt} layout"}
+    return {"bytes": int(lin_bytes + other), "linear_bits_per_weight": 8 * lin_bytes / n, "what": what}
+
+
+def _packed_bytes(linears, bits: int, gs: int | None) -> float:
+    lin_bytes = 0.0
+    for m in linears.values():
+        groups = -(-m.in_features // gs) if gs else 1
+        lin_bytes += m.out_features * (m.in_features * bits + groups * (16 + bits)) / 8
+    return lin_bytes
 
 
 def _fmt_bytes(n: float) -> str:
@@ -205,9 +236,9 @@ def run_quantize(args) -> int:
         raise UsageError(f"MODEL={args.model!r} is already quantized (its config.json has a quantization_config); "
                          "quantize a float model")
     model, tok = _load(args.model, args.device)
-    fmt = None if args.gguf else (args.format or _DEFAULT_FORMAT[args.method])
+    fmt = None if args.gguf or args.method == "nf4" else (args.format or _DEFAULT_FORMAT[args.method])
     gs = args.group_size or None
-    if args.method:  # the grid's own checks (bits, group size against every layer) before any work
+    if args.method and args.method != "nf4":  # the grid's own checks (bits, group size against every layer) first
         from .model import decoder_linears
 
         for name, m in decoder_linears(model).items():
@@ -231,6 +262,16 @@ def run_quantize(args) -> int:
         print(f"wrote {args.out} ({_fmt_bytes(args.out.stat().st_size)}): "
               + ", ".join(f"{n} × {t}" for t, n in sorted(counts.items())))
         return 0
+    if args.method == "nf4":
+        from .formats.bnb4 import save_nf4
+        from .methods.nf4 import NF4Config
+        from .model import decoder_linears
+        from .nn import convert
+
+        print(f"quantizing {len(decoder_linears(model))} decoder linears to NF4 (bitsandbytes' reference "
+              "quantizer, on the CPU)", flush=True)
+        save_nf4(convert(model, NF4Config(blocksize=gs)), args.out, tokenizer=tok)
+        return _wrote(args)
     from .formats.checkpoint import save_quantized
     from .methods.awq import AWQConfig
     from .methods.gptq import GPTQConfig
@@ -265,6 +306,10 @@ def run_quantize(args) -> int:
 
             results, _ = awq_quantize_model(model, calib, AWQConfig(args.bits, gs), progress=True)
     save_quantized(model, results, args.out, fmt, tokenizer=tok)
+    return _wrote(args)
+
+
+def _wrote(args) -> int:
     written = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"wrote {args.out}/ ({_fmt_bytes((args.out / 'model.safetensors').stat().st_size)} model.safetensors, "
           f"{_fmt_bytes(written)} in all, tokenizer included); score it with: qtutor eval {args.out} --reference "

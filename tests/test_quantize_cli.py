@@ -103,6 +103,10 @@ def test_gguf_loads_in_transformers(tiny_folder, tmp_path, capsys):
     (["quantize", "TINY", "OUT", "--gguf", "Q8_0"], "must end in .gguf"),
     (["eval", "TINY", "--windows", "-1"], "--windows=-1"),
     (["quantize", "TINY", "OUT", "--method", "awq", "--symmetric", "--group-size", "32"], "--symmetric"),
+    (["quantize", "TINY", "OUT", "--method", "nf4", "--bits", "3"], "--bits=3: NF4 codes are 4 bits"),
+    (["quantize", "TINY", "OUT", "--method", "nf4", "--group-size", "48"], "--group-size=48: NF4's absmax block"),
+    (["quantize", "TINY", "OUT", "--method", "nf4", "--format", "gptq"], "--format=gptq: --method nf4 writes"),
+    (["quantize", "TINY", "OUT", "--method", "nf4", "--no-symmetric"], "--symmetric: NF4's levels are fixed"),
 ])
 def test_bad_input_exits_2_naming_the_argument(tiny_folder, tmp_path, capsys, argv, message):
     argv = [str(tiny_folder) if a == "TINY" else str(tmp_path / a) if a.startswith("OUT") else a for a in argv]
@@ -139,3 +143,32 @@ def test_the_float_models_own_folder_is_not_replaced(tiny_folder, capsys):
     assert main(["quantize", str(tiny_folder), str(tiny_folder), "--method", "rtn", "--group-size", "32"]) == 2
     assert "holds files that are not part of a checkpoint (generation_config.json)" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in tiny_folder.iterdir()} == before
+
+
+def test_nf4_folder_loads_in_transformers_with_bitsandbytes_and_in_qtutor(tiny_folder, tmp_path, capsys):
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM
+
+    from qtutor.formats.checkpoint import load_quantized
+    from qtutor.model import load_model
+    from qtutor.nn import NF4Linear
+
+    out = tmp_path / "nf4"
+    assert main(["quantize", str(tiny_folder), str(out), "--method", "nf4", "--dry-run"]) == 0
+    assert not out.exists() and "NF4 block 64" in capsys.readouterr().out
+    assert main(["quantize", str(tiny_folder), str(out), "--method", "nf4"]) == 0
+    assert "wrote" in capsys.readouterr().out and (out / "tokenizer.json").is_file()
+    model, _ = load_model(tiny_folder)
+    est = quantize_cli.estimate_size(model, "nf4", 4, 64, None, None)["bytes"]
+    actual = (out / "model.safetensors").stat().st_size
+    assert abs(actual - est) / actual < 0.02  # the header, the quant maps and each layer's JSON state
+    ids = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(0))
+    theirs = AutoModelForCausalLM.from_pretrained(out, device_map="cpu", dtype=torch.float32).eval()
+    ours = load_quantized(out)
+    assert isinstance(ours.model.layers[1].mlp.gate_proj, NF4Linear)
+    assert type(theirs.model.layers[1].mlp.gate_proj).__name__ == "Linear4bit"
+    with torch.no_grad():
+        a, b = theirs(ids).logits, ours(ids).logits
+    assert float((a - b).abs().max()) < 0.05 * float(b.abs().max())  # bitsandbytes' CPU matmul is not fp32-exact
+    assert main(["eval", str(out), "--reference", str(tiny_folder), "--windows", "1", "--ctx", "64"]) == 0
+    assert "KL" in capsys.readouterr().out

@@ -32,6 +32,7 @@ from torch import nn
 from ..model.walk import decoder_linears
 from ..nn.w4a16 import W4A16Linear
 from ..primitives.grid import QuantizedWeight
+from .bnb4 import is_bnb_4bit, load_nf4
 from .files import TensorInfo, atomic_folder, check_folder_names, read_header
 from .registry import LAYOUTS, Layout, layout_for
 
@@ -159,7 +160,8 @@ def _check_file(path: Path, header: dict[str, TensorInfo], model: nn.Module, lay
 
 
 def load_quantized(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A causal LM whose decoder linears are ``W4A16Linear``s, from a folder written by ``save_quantized``.
+    """A causal LM whose decoder linears are ``W4A16Linear``s, from a folder written by ``save_quantized``
+    (or ``NF4Linear``s, from a bitsandbytes 4-bit folder: :func:`qtutor.formats.bnb4.load_nf4`).
 
     Raises ``ValueError`` naming the file and the tensor for anything that does not match:
     a corrupt or truncated file, a wrong dtype or shape, missing, extra or surplus-layer tensors.
@@ -177,6 +179,8 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu") -> nn
         raise ValueError(f"{folder / 'config.json'} is not valid JSON: {e}") from None
     if not isinstance(raw, dict) or "quantization_config" not in raw:
         raise ValueError(f"{folder / 'config.json'} has no quantization_config")
+    if is_bnb_4bit(raw["quantization_config"]):  # NF4 / FP4 in bitsandbytes' serialization
+        return load_nf4(folder, device)
     try:
         layout, n_bits, group_size, symmetric = layout_for(raw.pop("quantization_config"))
     except ValueError as e:
