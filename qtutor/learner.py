@@ -49,6 +49,9 @@ def repo_root() -> Path:
     return here if (here / "notebooks").is_dir() else Path.cwd()
 
 
+# a review question's answer line, ``answer = 3.64  # ANSWER``: the learner copy gets ``answer = None``
+_ANSWER = re.compile(r"^(\s*[A-Za-z_]\w*\s*=\s*)\S.*?#\s*ANSWER\s*$")
+_ANSWER_LIKE = re.compile(r"#\s*ANSWER\s*$")  # upper case, at the end of the line
 _MARKER_LIKE = re.compile(r"^#.*(\b(BEGIN|END|START|STOP|BEING|BEGING)\w*\b.*\bSOL\w*|\bSOL\w*\b.*\b(BEGIN|END)\b)",
                           re.IGNORECASE)  # comment lines that mention begin/end and a "sol…" word
 
@@ -58,7 +61,8 @@ class MarkerError(ValueError):
 
 
 def strip_solutions(source: str, where: str = "this cell") -> str:
-    """Replace each BEGIN/END SOLUTION region of a cell's source by a stub at the same indentation.
+    """Replace each BEGIN/END SOLUTION region of a cell's source by a stub at the same indentation, and the value
+    of each review answer line (``answer = 3.64  # ANSWER``) by ``None``.
 
     A line that looks like a marker but is not exactly ``### BEGIN SOLUTION`` or
     ``### END SOLUTION`` (``## BEGIN SOLUTION``, ``### BEGIN SOLUTIONS``, ``# end solution``)
@@ -78,6 +82,12 @@ def strip_solutions(source: str, where: str = "this cell") -> str:
             if not inside:
                 raise MarkerError(f"{where}, line {n}: END SOLUTION without a BEGIN SOLUTION above it")
             inside = False
+        elif not inside and _ANSWER_LIKE.search(line):
+            m = _ANSWER.match(line.rstrip("\n"))
+            if not m:
+                raise MarkerError(f"{where}, line {n}: {text!r} marks an answer, but only a line `name = value  "
+                                  "# ANSWER` can be blanked in the learner copy")
+            out.append(f"{m.group(1)}None  # your answer\n")
         elif _MARKER_LIKE.search(text):
             raise MarkerError(f"{where}, line {n}: {text!r} looks like a solution marker but is not one of "
                               f"{BEGIN!r} / {END!r} (the only two spellings the learner copies understand)")

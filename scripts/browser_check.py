@@ -47,8 +47,10 @@ def _free_port() -> int:
 
 
 def _last_output_line(notebook: Path) -> str:
-    """The last line of text the notebook's last code cell printed (its committed output)."""
-    cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code" and c.get("outputs")]
+    """The last line of text the notebook's last code cell printed (its committed output), review questions left
+    out: in the learner copy their answers are None, so they print that the review is open."""
+    cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code" and c.get("outputs")
+             and "# ANSWER" not in "".join(c["source"])]
     for out in reversed(cells[-1]["outputs"]):
         text = "".join(out.get("text", "")) or "".join(out.get("data", {}).get("text/plain", ""))
         lines = [line.strip() for line in text.splitlines() if line.strip()]
