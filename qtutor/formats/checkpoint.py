@@ -46,13 +46,15 @@ TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer_config.json", "special
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _describe(results: dict[str, QuantizedWeight]) -> tuple[int, int | None, bool, bool]:
-    """``(n_bits, group_size, act_order, symmetric)`` shared by every layer."""
+def _describe(results: dict[str, QuantizedWeight], mixed: bool = False) -> tuple[int, int | None, bool, bool]:
+    """``(n_bits, group_size, act_order, symmetric)`` shared by every layer (``mixed``: the first layer's bits and
+    group size; the others may differ)."""
     kinds = {(qw.n_bits, qw.group_size) for qw in results.values()}
-    if len(kinds) != 1:
-        raise ValueError(f"every layer must share n_bits and group_size to be saved in one checkpoint, got {sorted(kinds, key=str)}")
-    n_bits, group_size = kinds.pop()
-    symmetric = all(bool(torch.all(qw.zero == 2 ** (n_bits - 1))) for qw in results.values())
+    if len(kinds) != 1 and not mixed:
+        raise ValueError(f"every layer must share n_bits and group_size to be saved in one checkpoint, got "
+                         f"{sorted(kinds, key=str)}; fmt='compressed-tensors' stores one scheme per layer")
+    n_bits, group_size = next(iter(results.values())).n_bits, next(iter(results.values())).group_size
+    symmetric = all(bool(torch.all(qw.zero == 2 ** (qw.n_bits - 1))) for qw in results.values())
     return n_bits, group_size, any(qw.has_act_order for qw in results.values()), symmetric
 
 
@@ -83,6 +85,9 @@ def save_quantized(model: nn.Module, results: dict[str, QuantizedWeight], folder
                    tokenizer=None) -> Path:
     """Write ``model`` with the decoder linears in ``results`` packed in layout ``fmt``; returns the folder.
 
+    ``results`` may mix bit widths and group sizes across layers in the ``"compressed-tensors"`` layout only (one
+    config group per scheme, targeting its layers by name, as llm-compressor writes a per-layer recipe).
+
     ``folder`` is replaced as a whole (it may hold an older checkpoint, nothing else). ``tokenizer``: saved beside
     the weights too (``save_pretrained``), so the folder loads on its own.
     """
@@ -93,7 +98,8 @@ def save_quantized(model: nn.Module, results: dict[str, QuantizedWeight], folder
     missing = sorted(set(linears) - set(results))
     if missing:
         raise ValueError(f"no quantized weight for {len(missing)} decoder linears, e.g. {missing[0]}")
-    n_bits, group_size, act_order, symmetric = _describe(results)
+    mixed = fmt == "compressed-tensors" and len({(qw.n_bits, qw.group_size) for qw in results.values()}) > 1
+    n_bits, group_size, act_order, symmetric = _describe(results, mixed)
     tensors: dict[str, torch.Tensor] = {}
     for name, qw in results.items():
         try:
@@ -106,7 +112,11 @@ def save_quantized(model: nn.Module, results: dict[str, QuantizedWeight], folder
         if key not in skip and not (key == "lm_head.weight" and model.config.tie_word_embeddings):
             tensors[key] = value.detach().cpu().contiguous()
     config = model.config.to_dict()
-    config["quantization_config"] = layout.quantization_config(n_bits, group_size, act_order, symmetric)
+    if mixed:  # one config group per scheme, each naming its layers
+        kinds = {n: (qw.n_bits, qw.group_size) for n, qw in results.items()}
+        config["quantization_config"] = layout.mixed_quantization_config(kinds, symmetric)
+    else:
+        config["quantization_config"] = layout.quantization_config(n_bits, group_size, act_order, symmetric)
     folder = Path(folder)
     check_replaceable(folder)
     with atomic_folder(folder, CHECKPOINT_FILES | TOKENIZER_FILES) as tmp:
@@ -127,9 +137,10 @@ def _check_tensor(path: Path, key: str, info: TensorInfo | None, dtypes: tuple[t
                          f"expected {want} {tuple(shape)} ({why})")
 
 
-def _check_file(path: Path, header: dict[str, TensorInfo], model: nn.Module, layout: Layout, n_bits: int,
-                group_size: int | None, symmetric: bool) -> None:
-    """Every tensor of the file against the config (``layout``, bits, groups) and the model, before reading any."""
+def _check_file(path: Path, header: dict[str, TensorInfo], model: nn.Module, layout: Layout,
+                kinds: dict[str, tuple[int, int | None, bool]]) -> None:
+    """Every tensor of the file against the config (``layout``, each layer's bits, groups and symmetry) and the
+    model, before reading any."""
     linears = decoder_linears(model)
     n_layers = len(model.model.layers)
     for key in header:
@@ -139,6 +150,7 @@ def _check_file(path: Path, header: dict[str, TensorInfo], model: nn.Module, lay
                              f"num_hidden_layers={n_layers}")
     claimed: set[str] = set()
     for name, lin in linears.items():
+        n_bits, group_size, symmetric = kinds[name]
         why = (f"{layout.name}, {n_bits}-bit, group_size={group_size}, for a ({lin.out_features}, "
                f"{lin.in_features}) layer as the config says")
         spec = layout.expected(lin.out_features, lin.in_features, n_bits, group_size, symmetric)
@@ -181,8 +193,9 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu") -> nn
         raise ValueError(f"{folder / 'config.json'} has no quantization_config")
     if is_bnb_4bit(raw["quantization_config"]):  # NF4 / FP4 in bitsandbytes' serialization
         return load_nf4(folder, device)
+    qconfig = raw.pop("quantization_config")
     try:
-        layout, n_bits, group_size, symmetric = layout_for(raw.pop("quantization_config"))
+        layout, n_bits, group_size, symmetric = layout_for(qconfig)
     except ValueError as e:
         raise ValueError(f"{folder / 'config.json'}: {e}") from None
     path = folder / "model.safetensors"
@@ -193,8 +206,15 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu") -> nn
         raise ValueError(f"{folder / 'config.json'} does not describe a model transformers can build: {e}") from e
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    _check_file(path, header, model, layout, n_bits, group_size, symmetric)
     linears = list(decoder_linears(model))
+    if hasattr(layout, "layer_kinds"):  # compressed-tensors: a scheme per config group, possibly per layer
+        try:
+            kinds = layout.layer_kinds(qconfig, linears)
+        except ValueError as e:
+            raise ValueError(f"{folder / 'config.json'}: {e}") from None
+    else:
+        kinds = dict.fromkeys(linears, (n_bits, group_size, symmetric))
+    _check_file(path, header, model, layout, kinds)
     rest: dict[str, torch.Tensor] = {}
     try:
         f = safe_open(str(path), framework="pt", device="cpu")
@@ -210,6 +230,7 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu") -> nn
     with f:
         for name in linears:
             part = {k[len(name) + 1:]: get(k) for k in header if k.startswith(name + ".")}
+            n_bits, group_size, _ = kinds[name]
             try:
                 buffers = layout.to_w4a16(part, n_bits, group_size)
                 if "bias" in part:

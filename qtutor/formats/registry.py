@@ -15,6 +15,9 @@ Each layout knows
 """
 from __future__ import annotations
 
+import json
+import re
+
 from dataclasses import dataclass
 
 import torch
@@ -144,6 +147,45 @@ class CompressedTensorsLayout:
                 "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
                                               "output_activations": None, "format": "pack-quantized"}},
                 "ignore": ["lm_head"]}
+
+    def mixed_quantization_config(self, kinds: dict[str, tuple[int, int | None]], symmetric: bool) -> dict:
+        """One config group per ``(n_bits, group_size)``, each targeting its layers by their exact names (the form
+        llm-compressor writes for a per-layer recipe; compressed-tensors matches a target equal to a module's name)."""
+        by_kind: dict[tuple[int, int | None], list[str]] = {}
+        for name, kind in kinds.items():
+            by_kind.setdefault(kind, []).append(name)
+        config = self.quantization_config(*next(iter(sorted(by_kind, key=str))), False, symmetric)
+        groups = {}
+        for i, kind in enumerate(sorted(by_kind, key=lambda k: (k[0], k[1] or 0))):
+            group = json.loads(json.dumps(config["config_groups"]["group_0"]))
+            group["weights"] |= {"num_bits": kind[0], "group_size": kind[1],
+                                 "strategy": "group" if kind[1] is not None else "channel"}
+            group["targets"] = sorted(by_kind[kind])
+            groups[f"group_{i}"] = group
+        return config | {"config_groups": groups}
+
+    def layer_kinds(self, qconfig: dict, names: list[str]) -> dict[str, tuple[int, int | None, bool]]:
+        """``{layer: (n_bits, group_size, symmetric)}`` from the config groups, for every name in ``names``."""
+        groups = qconfig.get("config_groups")
+        if not isinstance(groups, dict) or not groups:
+            raise ValueError("quantization_config has no config_groups")
+        kinds: dict[str, tuple[int, int | None, bool]] = {}
+        for gname, group in groups.items():
+            weights = group.get("weights") if isinstance(group, dict) else None
+            targets = group.get("targets") if isinstance(group, dict) else None
+            if not isinstance(weights, dict) or not isinstance(targets, list):
+                raise ValueError(f"config_groups.{gname} needs weights and a list of targets")
+            kind = (_bits_of(weights.get("num_bits"), (2, 3, 4, 5, 6, 7, 8)), _group_size_of(weights.get("group_size")),
+                    bool(weights.get("symmetric")))
+            for name in names:
+                if any(t == "Linear" or t == name or (t.startswith("re:") and re.match(t[3:], name)) for t in targets):
+                    if name in kinds and kinds[name] != kind:
+                        raise ValueError(f"{name} is targeted by two config groups with different schemes")
+                    kinds[name] = kind
+        missing = [n for n in names if n not in kinds]
+        if missing:
+            raise ValueError(f"no config group targets {missing[0]} ({len(missing)} decoder linears untargeted)")
+        return kinds
 
     def parse(self, qconfig: dict) -> tuple[int, int | None, bool]:
         try:

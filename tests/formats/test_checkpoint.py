@@ -68,3 +68,39 @@ def test_checkpoint_errors(quantized, tmp_path):
     (tmp_path / "model.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes()[:5000])
     with pytest.raises(Exception, match="(?i)safetensors|header|incomplete|invalid"):
         load_quantized(tmp_path)
+
+
+def test_a_scheme_per_layer_in_compressed_tensors(quantized, tmp_path):
+    """A measured mixed allocation (notebook 12's recorded KL map; 2-, 4- and 8-bit layers, groups of 32, 64 or a
+    row: compressed-tensors needs the group size to divide 576) as one compressed-tensors checkpoint: a config group
+    per scheme naming its layers; transformers decompresses every layer to the same weights, and qtutor reads each
+    layer back in its own scheme."""
+    import json
+
+    import pandas as pd
+    from transformers import AutoModelForCausalLM
+
+    from qtutor.diagnose.allocate import Scheme, allocate, damage_from_frame, linear_shapes
+    from qtutor.exercises import MIXED_PRECISION_MAP
+
+    model, _, _ = quantized
+    damage = damage_from_frame(pd.DataFrame(json.loads(MIXED_PRECISION_MAP.read_text())["rows"]), "kl")
+    allowed = [Scheme(b, g) for b in (2, 4, 8) for g in (32, 64, None)]
+    schemes = allocate(damage, linear_shapes(model), 4.4, allowed).schemes
+    mixed = {n: rtn_grid_quantize(m.weight.detach(), schemes[n].n_bits, schemes[n].group_size, symmetric=True)
+             for n, m in decoder_linears(model).items()}
+    kinds = {(qw.n_bits, qw.group_size) for qw in mixed.values()}
+    assert len(kinds) >= 4 and {qw.n_bits for qw in mixed.values()} == {2, 4, 8}
+    with pytest.raises(ValueError, match="compressed-tensors' stores one scheme per layer"):
+        save_quantized(model, mixed, tmp_path / "gptq", "gptq")
+    save_quantized(model, mixed, tmp_path / "ct", "compressed-tensors")
+    groups = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]["config_groups"]
+    assert len(groups) == len(kinds) and sum(len(g["targets"]) for g in groups.values()) == len(mixed)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ct", dtype=torch.float32).eval()
+    ours = load_quantized(tmp_path / "ct")
+    with torch.no_grad():
+        got, mine, want = loaded(IDS).logits, ours(IDS).logits, _fake(model, mixed)(IDS).logits
+    for name, qw in mixed.items():
+        assert torch.equal(loaded.get_submodule(name).weight, qw.dequantize()), name
+        assert (ours.get_submodule(name).n_bits, ours.get_submodule(name).group_size) == (qw.n_bits, qw.group_size)
+    assert torch.equal(got, want) and torch.equal(mine, want)
