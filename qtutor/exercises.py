@@ -287,7 +287,7 @@ def capstone_schemes(model, max_linear_mb: float) -> dict:
     return allocate(damage, shapes, max_linear_mb * 8e6 / n_weights, schemes).schemes
 
 
-def capstone_quantize(model, tokenizer, budget):
+def capstone_quantize(model, tok, budget):
     """Exercise 18.1: a model that fits ``budget.max_mb`` as stored, as good as a measured allocation makes it.
 
     Spend the megabytes left after the embeddings and norms on the decoder linears, let the allocator choose a
