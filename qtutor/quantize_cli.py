@@ -47,6 +47,9 @@ def add_parsers(sub) -> None:
     how.add_argument("--method", choices=METHODS, help="weight-only method (writes a checkpoint folder)")
     how.add_argument("--gguf", choices=FILE_TYPES, metavar="TYPE",
                      help=f"a llama.cpp file type ({', '.join(FILE_TYPES)}); OUT must end in .gguf")
+    q.add_argument("--tensor-type", action="append", default=[], metavar="NAME=TYPE",
+                   help="with --gguf: this GGUF tensor in this type (repeatable), as llama-quantize --tensor-type, "
+                        "e.g. blk.0.attn_v.weight=Q8_0; the others follow --gguf's rules")
     q.add_argument("--bits", type=int, default=4, help="code bits for --method (default 4; nf4: 4 only)")
     q.add_argument("--group-size", type=int, default=None,
                    help="columns per scale; 0: one scale per row (default 128); nf4: weights per absmax block, a "
@@ -117,6 +120,10 @@ def _load(spec: str, device: str):
 
 
 def _check_args(args) -> None:
+    args.tensor_types = {}
+    if args.tensor_type and not args.gguf:
+        raise UsageError("--tensor-type is for --gguf files; --method checkpoints take one scheme (--bits, "
+                         "--group-size)")
     if args.group_size is None:
         args.group_size = 64 if args.method == "nf4" else 128
     if args.method == "nf4":
@@ -146,6 +153,11 @@ def _check_args(args) -> None:
     else:
         if args.out.suffix != ".gguf":
             raise UsageError(f"OUT={args.out}: a --gguf file must end in .gguf")
+        for item in args.tensor_type:
+            name, eq, t = item.partition("=")
+            if not eq or not name or not t:
+                raise UsageError(f"--tensor-type={item!r}: write NAME=TYPE, e.g. blk.0.attn_v.weight=Q8_0")
+            args.tensor_types[name] = t
         if args.format:
             raise UsageError("--format is for --method checkpoints; a GGUF's tensor types follow --gguf")
     if args.out.exists() and args.out.is_dir() and args.gguf:
@@ -155,7 +167,7 @@ def _check_args(args) -> None:
 # --------------------------------------------------------------------------------------------------- sizes
 
 def estimate_size(model, method: str | None, bits: int, group_size: int | None, fmt: str | None,
-                  gguf_type: str | None) -> dict:
+                  gguf_type: str | None, tensor_types: dict[str, str] | None = None) -> dict:
     """Bytes of what ``qtutor quantize`` writes (tensor data; file headers add a few kB) and bits per weight of the
     decoder linears. Checkpoints: codes, an fp16 scale and a packed zero-point per group; every other tensor in
     its own dtype (the tied head once). GGUF: each tensor in the type llama.cpp's rules choose."""
@@ -173,7 +185,8 @@ def estimate_size(model, method: str | None, bits: int, group_size: int | None, 
         tied = "output.weight" not in tensors
         total, lin_bits, lin_n = 0, 0.0, 0
         for name, a in tensors.items():
-            t = choose_tensor_type(name, tuple(reversed(a.shape)), gguf_type, cfg.num_hidden_layers, n_gqa, tied)
+            t = (tensor_types or {}).get(name) or choose_tensor_type(name, tuple(reversed(a.shape)), gguf_type,
+                                                                      cfg.num_hidden_layers, n_gqa, tied)
             if t in ("F32", "F16"):
                 nbytes = a.size * (4 if t == "F32" else 2)
             else:
@@ -245,7 +258,14 @@ def run_quantize(args) -> int:
             if gs and m.in_features % gs:
                 raise UsageError(f"--group-size={args.group_size}: {name} has {m.in_features} input columns, "
                                  "not a multiple; allowed: a divisor of every layer's in_features, or 0")
-    size = estimate_size(model, args.method, args.bits, gs, fmt, args.gguf)
+    if args.tensor_types:  # checked against the model before any work (names, types, block sizes)
+        from .gguf.io import _check_types, gguf_tensors_from_hf
+
+        try:
+            _check_types(args.tensor_types, gguf_tensors_from_hf(model))
+        except ValueError as e:
+            raise UsageError(f"--tensor-type: {e}") from None
+    size = estimate_size(model, args.method, args.bits, gs, fmt, args.gguf, args.tensor_types)
     print(f"{size['what']}: {_fmt_bytes(size['bytes'])} of tensors, decoder linears at "
           f"{size['linear_bits_per_weight']:.3f} bits per weight", flush=True)
     if args.dry_run:
@@ -255,7 +275,7 @@ def run_quantize(args) -> int:
         from .gguf import write_gguf
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        types = write_gguf(model, args.out, args.gguf, tokenizer=tok)
+        types = write_gguf(model, args.out, args.gguf, tokenizer=tok, types=args.tensor_types or None)
         counts: dict[str, int] = {}
         for t in types.values():
             counts[t] = counts.get(t, 0) + 1

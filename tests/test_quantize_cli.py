@@ -93,6 +93,19 @@ def test_gguf_loads_in_transformers(tiny_folder, tmp_path, capsys):
     with torch.no_grad():
         a, b = loaded(ids).logits, ref(ids).logits
     assert float((a.softmax(-1) - b.softmax(-1)).abs().max()) < 0.05  # Q8_0 against float
+    mixed = tmp_path / "tiny-mixed.gguf"
+    assert main(["quantize", str(tiny_folder), str(mixed), "--gguf", "Q8_0", "--tensor-type",
+                 "blk.1.ffn_up.weight=Q4_0", "--tensor-type", "blk.0.attn_v.weight=Q5_1", "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert main(["quantize", str(tiny_folder), str(mixed), "--gguf", "Q8_0", "--tensor-type",
+                 "blk.1.ffn_up.weight=Q4_0", "--tensor-type", "blk.0.attn_v.weight=Q5_1"]) == 0
+    said = capsys.readouterr().out
+    assert "1 × Q4_0" in said and "1 × Q5_1" in said and dry.splitlines()[0] == said.splitlines()[0]
+    from qtutor.gguf import read_gguf
+
+    stored = {t.name: t.tensor_type.name for t in read_gguf(mixed).tensors}
+    assert stored["blk.1.ffn_up.weight"] == "Q4_0" and stored["blk.0.attn_v.weight"] == "Q5_1"
+    assert stored["blk.0.attn_q.weight"] == "Q8_0"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -104,6 +117,11 @@ def test_gguf_loads_in_transformers(tiny_folder, tmp_path, capsys):
     (["eval", "TINY", "--windows", "-1"], "--windows=-1"),
     (["quantize", "TINY", "OUT", "--method", "awq", "--symmetric", "--group-size", "32"], "--symmetric"),
     (["quantize", "TINY", "OUT", "--method", "nf4", "--bits", "3"], "--bits=3: NF4 codes are 4 bits"),
+    (["quantize", "TINY", "OUT.gguf", "--gguf", "Q8_0", "--tensor-type", "blk.0.attn_v.weight"], "write NAME=TYPE"),
+    (["quantize", "TINY", "OUT.gguf", "--gguf", "Q8_0", "--tensor-type", "blk.7.attn_v.weight=Q8_0"],
+     "--tensor-type: types['blk.7.attn_v.weight']: not a 2-D weight"),
+    (["quantize", "TINY", "OUT", "--method", "rtn", "--tensor-type", "blk.0.attn_v.weight=Q8_0"],
+     "--tensor-type is for --gguf"),
     (["quantize", "TINY", "OUT", "--method", "nf4", "--group-size", "48"], "--group-size=48: NF4's absmax block"),
     (["quantize", "TINY", "OUT", "--method", "nf4", "--format", "gptq"], "--format=gptq: --method nf4 writes"),
     (["quantize", "TINY", "OUT", "--method", "nf4", "--no-symmetric"], "--symmetric: NF4's levels are fixed"),

@@ -187,6 +187,25 @@ def dequantized_like_gguf(model: torch.nn.Module, types: dict[str, str]) -> None
         state[hf_name].copy_(torch.from_numpy(np.ascontiguousarray(back)))
 
 
+def _check_types(types: dict[str, str], tensors: dict[str, np.ndarray]) -> None:
+    from .file_types import block_size
+
+    if not isinstance(types, dict):
+        raise ValueError(f"types must be a dict {{GGUF tensor name: type}}, got {type(types).__name__}")
+    allowed = LEGACY_TYPES + KQUANT_TYPES + ("F16", "F32")
+    for name, t in types.items():
+        if name not in tensors or tensors[name].ndim != 2:
+            weights = sorted(n for n, a in tensors.items() if a.ndim == 2)
+            raise ValueError(f"types[{name!r}]: not a 2-D weight of this model's GGUF (e.g. {weights[0]!r}, "
+                             f"{weights[-1]!r})")
+        if t not in allowed:
+            raise ValueError(f"types[{name!r}] = {t!r}: allowed {', '.join(allowed)}")
+        row = tensors[name].shape[-1]
+        if row % block_size(t):
+            raise ValueError(f"types[{name!r}] = {t!r}: its rows of {row} are not a multiple of {t}'s block of "
+                             f"{block_size(t)} weights; choose a type with 32-weight blocks (Q4_0 … Q8_0)")
+
+
 def _hf_metadata(writer: gguf.GGUFWriter, model: torch.nn.Module, tokenizer, pre: str) -> None:
     """Architecture keys from the config, tokenizer keys from a byte-level BPE tokenizer."""
     import json
@@ -236,6 +255,7 @@ def write_gguf(
     tokenizer=None,
     template: str | os.PathLike | None = None,
     pre: str = "default",
+    types: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Quantize ``model`` to ``file_type`` and write a complete GGUF to ``path``.
 
@@ -246,15 +266,20 @@ def write_gguf(
         tokenizer: the model's Hugging Face tokenizer (byte-level BPE), for the tokenizer metadata.
         template: instead of ``tokenizer``, a GGUF whose metadata and tokenizer are copied.
         pre: llama.cpp's pre-tokenizer name (``tokenizer.ggml.pre``), e.g. "smollm", "llama-bpe".
+        types: per-tensor overrides ``{GGUF tensor name: type}`` (e.g. ``{"blk.0.attn_v.weight": "Q8_0"}``), for a
+            mixture of one's own, as ``llama-quantize --tensor-type`` sets them; every other tensor follows
+            ``file_type``'s rules. Checked before anything is written: the name must be a 2-D weight of the model,
+            the type one qtutor encodes, and its block must divide the tensor's rows.
 
-    Returns ``{tensor name: type}`` — llama.cpp's choice for each tensor, fallbacks included.
+    Returns ``{tensor name: type}`` — llama.cpp's choice for each tensor, fallbacks and overrides included.
     """
     ftype_id = LLAMA_FTYPE[file_type][0] if file_type in LLAMA_FTYPE else base_type(file_type)
     if (tokenizer is None) == (template is None):
         raise ValueError("pass exactly one of tokenizer= (metadata from the model) or template= (copied from a GGUF)")
+    tensors = gguf_tensors_from_hf(model)
+    _check_types(types or {}, tensors)
     src = read_gguf(template) if template is not None else None
     arch = src.fields["general.architecture"].contents() if src is not None else "llama"
-    tensors = gguf_tensors_from_hf(model)
     cfg = model.config
     n_gqa = cfg.num_attention_heads // cfg.num_key_value_heads
     tied = "output.weight" not in tensors
@@ -280,7 +305,8 @@ def write_gguf(
         for name in sorted(tensors, key=order):
             a = tensors[name]
             gguf_shape = tuple(reversed(a.shape))  # GGUF lists the row length first
-            t = choose_tensor_type(name, gguf_shape, file_type, cfg.num_hidden_layers, n_gqa, tied)
+            t = (types or {}).get(name) or choose_tensor_type(name, gguf_shape, file_type, cfg.num_hidden_layers,
+                                                              n_gqa, tied)
             chosen[name] = t
             data = quantize_tensor(a, t)
             raw = None if t in ("F32", "F16") else getattr(gguf.GGMLQuantizationType, t)

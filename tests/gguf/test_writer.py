@@ -152,3 +152,36 @@ def test_permutation_round_trip(smollm2):
         if t.name.startswith("blk.7."):
             deq = quants.dequantize(t.data, t.tensor_type)
             assert np.array_equal(deq.reshape(ours[t.name].shape), ours[t.name]), t.name
+
+
+def test_per_tensor_type_overrides(smollm2, q4_k_m, tmp_path):
+    """A mixture of one's own (as llama-quantize --tensor-type): the named tensors take the given types, the rest
+    follow the file type's rules, and transformers loads the file as qtutor's coders decode it."""
+    model, tok = smollm2
+    override = {"blk.0.attn_v.weight": "Q8_0", "blk.3.attn_q.weight": "Q4_1", "blk.5.ffn_down.weight": "Q2_K"}
+    path = tmp_path / "mixed.gguf"
+    types = write_gguf(model, path, "Q4_K_M", tokenizer=tok, pre="smollm", types=override)
+    plain = q4_k_m[1]
+    assert {n: t for n, t in types.items() if n in override} == override
+    assert {n: t for n, t in types.items() if n not in override} == {n: t for n, t in plain.items() if n not in override}
+    stored = {t.name: t.tensor_type.name for t in read_gguf(path).tensors}
+    assert {n: stored[n] for n in override} == override
+    loaded, _ = load_model(path)
+    expected = copy.deepcopy(model)
+    dequantized_like_gguf(expected, types)
+    ids = tok("The history of quantization", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, expected(ids).logits)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"blk.99.attn_q.weight": "Q8_0"}, r"types\['blk.99.attn_q.weight'\]: not a 2-D weight"),
+    ({"output_norm.weight": "Q8_0"}, "not a 2-D weight"),
+    ({"blk.0.attn_q.weight": "Q3_0"}, "'Q3_0': allowed Q8_0, Q4_0"),
+    ({"blk.0.attn_q.weight": "Q4_K"}, "rows of 576 are not a multiple of Q4_K's block of 256"),
+])
+def test_bad_overrides_are_refused_before_writing(smollm2, tmp_path, override, message):
+    model, _ = smollm2
+    with pytest.raises(ValueError, match=message):
+        write_gguf(model, tmp_path / "x.gguf", "Q4_K_M", template=gguf_source_path(), types=override)
+    assert not list(tmp_path.iterdir())
