@@ -19,13 +19,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..config import NF4Config
 from ..model.walk import decoder_blocks, decoder_linears
 from ..nn.nf4 import NF4Linear
-from .files import atomic_folder, read_header
+from .files import read_header
 
 __all__ = ["save_nf4", "load_nf4", "is_bnb_4bit", "nf4_quantization_config"]
 
@@ -74,7 +73,7 @@ def save_nf4(model: nn.Module, folder: str | Path, tokenizer=None) -> Path:
     ``folder`` is replaced as a whole (it may hold an older quantized checkpoint, nothing else); ``tokenizer`` is
     saved beside the weights.
     """
-    from .checkpoint import CHECKPOINT_FILES, TOKENIZER_FILES, check_replaceable
+    from .checkpoint import write_checkpoint
 
     layers = {n: m for n, m in _slots(model).items()}
     not_nf4 = [n for n, m in layers.items() if not isinstance(m, NF4Linear)]
@@ -98,14 +97,7 @@ def save_nf4(model: nn.Module, folder: str | Path, tokenizer=None) -> Path:
         tensors[key] = value.detach().cpu().contiguous()
     config = model.config.to_dict()
     config["quantization_config"] = nf4_quantization_config(configs.pop(), dtypes.pop())
-    folder = Path(folder)
-    check_replaceable(folder)
-    with atomic_folder(folder, CHECKPOINT_FILES | TOKENIZER_FILES) as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-    return folder
+    return write_checkpoint(folder, tensors, config, tokenizer)
 
 
 def _slots(model: nn.Module) -> dict[str, nn.Module]:

@@ -117,6 +117,12 @@ def save_quantized(model: nn.Module, results: dict[str, QuantizedWeight], folder
         config["quantization_config"] = layout.mixed_quantization_config(kinds, symmetric)
     else:
         config["quantization_config"] = layout.quantization_config(n_bits, group_size, act_order, symmetric)
+    return write_checkpoint(folder, tensors, config, tokenizer)
+
+
+def write_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], config: dict, tokenizer=None) -> Path:
+    """``model.safetensors``, ``config.json`` (and the tokenizer) into ``folder``, replacing it as a whole, atomically;
+    ``folder`` may hold an older quantized checkpoint, nothing else (:func:`check_replaceable`)."""
     folder = Path(folder)
     check_replaceable(folder)
     with atomic_folder(folder, CHECKPOINT_FILES | TOKENIZER_FILES) as tmp:
