@@ -9,9 +9,14 @@ Evaluation: the course's FAST windows (8 x 512 test tokens) and KL_FAST for KL.
 Results are written after each type, so an interrupted run keeps what it measured.
 
     QTUTOR_THREADS=2 .venv/bin/python benchmarks/imatrix_perplexity.py
+    QTUTOR_THREADS=2 .venv/bin/python benchmarks/imatrix_perplexity.py --types Q5_0,Q5_1 --append
+
+``--append`` adds the named types to the existing record; each appended type carries its own
+``run`` (date, commit, command), and the float perplexity is checked against the record's.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import datetime
 import json
@@ -57,33 +62,59 @@ def quantized_model(model, type_name: str, imatrix=None):
     return out, n
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--types", default=",".join(TYPES), help="comma-separated GGML types")
+    ap.add_argument("--append", action="store_true", help="add the types to the existing record")
+    args = ap.parse_args(argv)
+    types = [t.strip() for t in args.types.split(",") if t.strip()]
+    bad = [t for t in types if t not in TYPES]
+    if bad:
+        ap.error(f"--types: {bad} not among {list(TYPES)}")
+    if args.append and not OUT.exists():
+        ap.error(f"--append: no record at {OUT}")
     torch.manual_seed(0)
     model, tokenizer = load_model()
     start = time.time()
     imatrix = compute_imatrix(model, calibration_samples(tokenizer, n_samples=32, seq_len=512, seed=0))
     ref = reference_logits(model, tokenizer, KL_FAST)
-    result = {
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    command = "QTUTOR_THREADS=2 .venv/bin/python benchmarks/imatrix_perplexity.py " + " ".join(argv or sys.argv[1:])
+    float_ppl = perplexity(model, tokenizer, FAST)
+    if args.append:
+        result = json.loads(OUT.read_text())
+        if abs(result["float"]["perplexity"] - float_ppl) > 1e-6 * float_ppl:
+            raise SystemExit(f"float perplexity {float_ppl} differs from the record's "
+                             f"{result['float']['perplexity']}: the appended rows would not compare")
+    else:
+        result = None
+    result = result or {
         "machine": f"{platform.node()} ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "QTUTOR_THREADS=2 .venv/bin/python benchmarks/imatrix_perplexity.py",
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "date": now,
+        "command": command.strip(),
+        "commit": commit,
         "model": "SmolLM2-135M", "imatrix": "32 x 512 WikiText-2 train tokens (calibration_samples, seed 0)",
         "eval": "perplexity: FAST (8 x 512 WikiText-2 test tokens); kl, top1: KL_FAST vs the float model",
         "scope": "k-quants on the 30 ffn_down tensors (1536-long rows); 32-block types on all 210 decoder linears; "
                  "embedding and norms float",
-        "float": {"perplexity": perplexity(model, tokenizer, FAST)},
+        "float": {"perplexity": float_ppl},
         "types": {},
     }
-    for t in TYPES:
+    for t in types:
         row = {}
+        if args.append:
+            row["run"] = {"date": now, "commit": commit, "command": command.strip(),
+                          "machine": f"{platform.node()} ({platform.processor() or platform.machine()}), "
+                                     f"{torch.get_num_threads()} threads"}
         for label, im in (("plain", None), ("imatrix", imatrix)):
             q, n = quantized_model(model, t, im)
             row[label] = {"perplexity": perplexity(q, tokenizer, FAST), **logit_agreement(q, ref)}
             row["tensors"] = n
             del q
         result["types"][t] = row
-        result["seconds"] = round(time.time() - start)
+        if not args.append:
+            result["seconds"] = round(time.time() - start)
         OUT.write_text(json.dumps(result, indent=1) + "\n")
         print(t, row, f"{time.time() - start:.0f}s", flush=True)
 
