@@ -111,7 +111,8 @@ def damage_from_frame(frame: pd.DataFrame, column: str) -> dict[str, dict[Scheme
     return out
 
 
-def _check(budget: float, shapes: Shapes, damage: Mapping | None, schemes: Sequence[Scheme]) -> None:
+def _check(budget: float, shapes: Shapes, damage: Mapping | None, schemes: Sequence[Scheme],
+           allowed: Mapping[str, Sequence] | None = None) -> None:
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
         raise ValueError(f"budget={budget!r}: must be a finite number of bits per weight > 0")
     if not shapes:
@@ -124,41 +125,71 @@ def _check(budget: float, shapes: Shapes, damage: Mapping | None, schemes: Seque
     if missing:
         raise ValueError(f"damage has no entry for layer {missing[0]!r} ({len(missing)} layers missing)")
     for n in shapes:
-        for s in schemes:
+        for s in (schemes if allowed is None else allowed[n]):
             if s not in damage[n]:
                 raise ValueError(f"damage[{n!r}] has no value for {s.label}; allowed schemes need one each")
             if not math.isfinite(damage[n][s]):
                 raise ValueError(f"damage[{n!r}][{s.label}] = {damage[n][s]!r}: must be finite")
 
 
-def _min_bpw(shapes: Shapes, schemes: Sequence[Scheme]) -> tuple[int, float]:
-    total = sum(min(layer_bits(shp, s) for s in schemes) for shp in shapes.values())
+def _min_bpw(shapes: Shapes, schemes: Sequence[Scheme], allowed: Mapping[str, Sequence] | None = None
+             ) -> tuple[int, float]:
+    total = sum(min(layer_bits(shp, s) for s in (schemes if allowed is None else allowed[n]))
+                for n, shp in shapes.items())
     return total, total / sum(o * i for o, i in shapes.values())
 
 
-def _check_reachable(budget: float, shapes: Shapes, schemes: Sequence[Scheme]) -> None:
-    _, smallest = _min_bpw(shapes, schemes)
-    if Fraction(budget) * sum(o * i for o, i in shapes.values()) < _min_bpw(shapes, schemes)[0]:
+def _check_allowed(shapes: Shapes, schemes: Sequence, allowed: Mapping[str, Sequence] | None) -> None:
+    if allowed is None:
+        return
+    if not isinstance(allowed, Mapping):
+        raise ValueError(f"allowed must be a mapping {{layer: options}}, got {type(allowed).__name__}")
+    missing = [n for n in shapes if n not in allowed]
+    if missing:
+        raise ValueError(f"allowed has no entry for layer {missing[0]!r} ({len(missing)} layers missing)")
+    for n in shapes:
+        if not allowed[n]:
+            raise ValueError(f"allowed[{n!r}] is empty: every layer needs at least one option")
+        foreign = [s for s in allowed[n] if s not in schemes]
+        if foreign:
+            raise ValueError(f"allowed[{n!r}] holds {getattr(foreign[0], 'label', foreign[0])!r}, which is not "
+                             "among schemes")
+
+
+def _check_reachable(budget: float, shapes: Shapes, schemes: Sequence[Scheme],
+                     allowed: Mapping[str, Sequence] | None = None) -> None:
+    _, smallest = _min_bpw(shapes, schemes, allowed)
+    if Fraction(budget) * sum(o * i for o, i in shapes.values()) < _min_bpw(shapes, schemes, allowed)[0]:
         raise ValueError(f"budget={budget!r} bits per weight is below the smallest allowed: {smallest:.4f} "
                          "(every layer in its cheapest scheme, scales and zero-points included)")
 
 
 def allocate(damage: Mapping[str, Mapping[Scheme, float]], shapes: Shapes, budget: float,
-             schemes: Sequence[Scheme] = ALL_SCHEMES, resolution: int = 1 << 16) -> Allocation:
+             schemes: Sequence[Scheme] = ALL_SCHEMES, resolution: int = 1 << 16,
+             allowed: Mapping[str, Sequence] | None = None) -> Allocation:
     """Minimise the summed ``damage[layer][scheme]`` with one scheme per layer at ≤ ``budget`` bits per weight.
 
     See the module docstring: an exact knapsack DP on sizes rounded up to a fixed unit; never over budget.
+    An option is anything with ``label`` and ``bits(out_features, in_features)`` — a :class:`Scheme`, or a
+    GGML type (:class:`qtutor.diagnose.gguf_mix.GGMLType`). ``allowed`` (optional, ``{layer: options}``, each
+    a subset of ``schemes``) restricts what each layer may take, e.g. the GGML types whose blocks divide
+    its rows; ``damage`` then needs values for the allowed options only.
     """
     schemes = list(dict.fromkeys(schemes))
-    _check(budget, shapes, damage, schemes)
+    _check_allowed(shapes, schemes, allowed)
+    _check(budget, shapes, damage, schemes, allowed)
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise ValueError(f"resolution={resolution!r}: must be a positive integer")
-    _check_reachable(budget, shapes, schemes)
+    _check_reachable(budget, shapes, schemes, allowed)
     names = list(shapes)
     n_weights = sum(o * i for o, i in shapes.values())
-    size = np.array([[layer_bits(shapes[n], s) for s in schemes] for n in names], dtype=np.int64)  # (L, S)
-    cost = np.array([[damage[n][s] for s in schemes] for n in names], dtype=np.float64)  # (L, S)
-    base = size.min(axis=1)  # each layer's cheapest scheme, paid exactly
+    ok = np.array([[allowed is None or s in allowed[n] for s in schemes] for n in names])  # (L, S)
+    size = np.array([[layer_bits(shapes[n], s) if ok[li, si] else 0 for si, s in enumerate(schemes)]
+                     for li, n in enumerate(names)], dtype=np.int64)  # (L, S)
+    cost = np.array([[damage[n][s] if ok[li, si] else np.inf for si, s in enumerate(schemes)]
+                     for li, n in enumerate(names)], dtype=np.float64)  # (L, S)
+    base = np.where(ok, size, np.iinfo(np.int64).max).min(axis=1)  # each layer's cheapest option, paid exactly
+    size = np.where(ok, size, base[:, None])  # a disallowed option: never chosen (infinite cost)
     bpw = size / np.array([o * i for o, i in shapes.values()])[:, None]
     span = float(bpw.max() - bpw.min())
     unit = max(1, math.ceil(n_weights * span / resolution))
@@ -172,7 +203,7 @@ def allocate(damage: Mapping[str, Mapping[Scheme, float]], shapes: Shapes, budge
         new = np.full(capacity + 1, np.inf)
         for si in range(len(schemes)):
             e = int(extra[li, si])
-            if e > capacity:
+            if e > capacity or not ok[li, si]:
                 continue
             cand = np.full(capacity + 1, np.inf)
             cand[e:] = best[: capacity + 1 - e] + cost[li, si]
