@@ -166,7 +166,7 @@ def _check_reachable(budget: float, shapes: Shapes, schemes: Sequence[Scheme],
 
 def allocate(damage: Mapping[str, Mapping[Scheme, float]], shapes: Shapes, budget: float,
              schemes: Sequence[Scheme] = ALL_SCHEMES, resolution: int = 1 << 16,
-             allowed: Mapping[str, Sequence] | None = None) -> Allocation:
+             allowed: Mapping[str, Sequence] | None = None, exact_sizes: bool = False) -> Allocation:
     """Minimise the summed ``damage[layer][scheme]`` with one scheme per layer at ≤ ``budget`` bits per weight.
 
     See the module docstring: an exact knapsack DP on sizes rounded up to a fixed unit; never over budget.
@@ -174,6 +174,12 @@ def allocate(damage: Mapping[str, Mapping[Scheme, float]], shapes: Shapes, budge
     GGML type (:class:`qtutor.diagnose.gguf_mix.GGMLType`). ``allowed`` (optional, ``{layer: options}``, each
     a subset of ``schemes``) restricts what each layer may take, e.g. the GGML types whose blocks divide
     its rows; ``damage`` then needs values for the allowed options only.
+
+    ``exact_sizes=True`` makes the unit the greatest common divisor of the options' extra sizes instead of a
+    rounded one, so every mixture within the budget is a candidate and none is lost to rounding (an
+    allocation at a competitor's exact size can then never sum to more damage than the competitor's). It
+    suits options whose sizes share a large divisor, as GGML blocks do; it refuses when that would take more
+    than ``64 · resolution`` units.
     """
     schemes = list(dict.fromkeys(schemes))
     _check_allowed(shapes, schemes, allowed)
@@ -193,6 +199,13 @@ def allocate(damage: Mapping[str, Mapping[Scheme, float]], shapes: Shapes, budge
     bpw = size / np.array([o * i for o, i in shapes.values()])[:, None]
     span = float(bpw.max() - bpw.min())
     unit = max(1, math.ceil(n_weights * span / resolution))
+    if exact_sizes:
+        unit = math.gcd(*(int(v) for v in np.unique(size - base[:, None])))
+        if unit == 0:  # every layer has one size: nothing to choose by size
+            unit = 1
+        if int((size - base[:, None]).max(axis=1).sum()) // unit > 64 * resolution:
+            raise ValueError(f"exact_sizes=True: the options' sizes share only a {unit}-bit unit, too fine for an "
+                             f"exact table; use exact_sizes=False (rounded to 1/{resolution} of the spread)")
     extra = -(-(size - base[:, None]) // unit)  # rounded up: (L, S) units
     spare = Fraction(budget) * n_weights - int(base.sum())
     capacity = min(math.floor(spare / unit), int(extra.max(axis=1).sum()))
