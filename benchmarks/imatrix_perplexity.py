@@ -20,6 +20,7 @@ import argparse
 import copy
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -80,7 +81,9 @@ def main(argv=None) -> None:
     ref = reference_logits(model, tokenizer, KL_FAST)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    command = "QTUTOR_THREADS=2 .venv/bin/python benchmarks/imatrix_perplexity.py " + " ".join(argv or sys.argv[1:])
+    pins = " ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA",
+                                                      "QTUTOR_THREADS") if k in os.environ)
+    command = f"{pins} .venv/bin/python benchmarks/imatrix_perplexity.py " + " ".join(argv or sys.argv[1:])
     float_ppl = perplexity(model, tokenizer, FAST)
     if args.append:
         result = json.loads(OUT.read_text())
