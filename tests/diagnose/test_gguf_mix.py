@@ -116,3 +116,24 @@ def test_round_trip_checks_before_touching(make_tiny_llama):
         with ggml_mixed(model, {names[0]: "Q4_0"}):
             raise RuntimeError("inside")
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_the_recorded_allocations_are_what_the_allocator_chooses(smollm2_shaped):
+    """benchmarks/results/gguf_mixture_h200.json's allocated mixtures follow from its own map by allocate_ggml."""
+    import json
+    from pathlib import Path
+
+    record = json.loads((Path(__file__).parents[2] / "benchmarks" / "results" / "gguf_mixture_h200.json").read_text())
+    damage: dict = {}
+    for r in record["rows"]:
+        damage.setdefault(r["layer"], {})[r["type"]] = r["kl"]
+    shapes = linear_shapes(smollm2_shaped)
+    choices = [t for t in GGML_TYPES if t not in record["settings"]["allocator_excludes"]]
+    allocated = [r for r in record["results"] if r["kind"] == "allocated"]
+    assert {r["file_type"] for r in allocated} == {"Q2_K", "Q3_K_M", "Q4_K_S", "Q4_K_M", "Q5_K_M"}
+    for r in allocated:
+        llama = next(x for x in record["results"] if x["kind"] == "llama.cpp" and x["name"] == r["file_type"])
+        assert llama["types"] == file_type_types(smollm2_shaped, r["file_type"])
+        alloc = allocate_ggml(damage, shapes, r["budget"], choices)
+        assert {k: o.name for k, o in alloc.schemes.items()} == r["types"], r["file_type"]
+        assert r["kl"] < llama["kl"] and r["megabytes"] <= llama["megabytes"]
