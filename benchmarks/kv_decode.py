@@ -21,11 +21,12 @@ graph). The caches are not rotated: all but the smallest exceed the H200's 50 MB
 
 Correctness on the device: each configuration's int8/int4 output is compared with ``kv_decode_ref`` on the same
 codes (relative error recorded) for batch ≤ 4, and SDPA on the dequantized cache is compared with the kernel.
-``--tune`` also sweeps ``block_t`` and the split count at a few shapes.
+``--tune`` also sweeps ``block_t``, the split count and the warps per program at a few shapes.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import datetime
 import json
 import platform
@@ -154,21 +155,20 @@ def tune(bw) -> list[dict]:
         for bits in (8, 4):
             kc, ks, kmn, vc, vs, vmn = kd.quantize_kv_ref(k, k, bits=bits, group_k=GROUP_K, group_v=GROUP_V)
             nbytes = bytes_quant(B, T, R, bits)
-            for block_t in (16, 32, 64):
-                for splits in (None, 16, 64, 256):
-                    def run():
-                        return kd.kv_decode_attention(q, kc, ks, kmn, vc, vs, vmn, res, res, *lens, bits=bits,
-                                                      group_k=GROUP_K, group_v=GROUP_V, block_t=block_t,
-                                                      num_splits=splits, max_len=(T, R))
-                    try:
-                        run()
-                        us = time_us(run)
-                        out.append({"batch": B, "context": ctx, "bits": bits, "block_t": block_t,
-                                    "num_splits": splits, "us": us,
-                                    "fraction_of_copy_bw": nbytes / (us * 1e-6) / bw})
-                    except Exception as exc:  # noqa: BLE001
-                        out.append({"batch": B, "context": ctx, "bits": bits, "block_t": block_t,
-                                    "num_splits": splits, "error": repr(exc)[:200]})
+            for block_t, splits, warps in itertools.product((16, 32, 64), (None, 16, 64, 256), (4, 8)):
+                def run():
+                    return kd.kv_decode_attention(q, kc, ks, kmn, vc, vs, vmn, res, res, *lens, bits=bits,
+                                                  group_k=GROUP_K, group_v=GROUP_V, block_t=block_t,
+                                                  num_splits=splits, max_len=(T, R), num_warps=warps)
+                try:
+                    run()
+                    us = time_us(run)
+                    out.append({"batch": B, "context": ctx, "bits": bits, "block_t": block_t,
+                                "num_splits": splits, "num_warps": warps, "us": us,
+                                "fraction_of_copy_bw": nbytes / (us * 1e-6) / bw})
+                except Exception as exc:  # noqa: BLE001
+                    out.append({"batch": B, "context": ctx, "bits": bits, "block_t": block_t,
+                                "num_splits": splits, "num_warps": warps, "error": repr(exc)[:200]})
         del k, q, res
         torch.cuda.empty_cache()
     return out
@@ -202,7 +202,8 @@ def main() -> None:
                      "python": platform.python_version()},
         "copy_bandwidth_bytes_per_s": bw,
         "settings": {"group_k": GROUP_K, "group_v": GROUP_V, "residual": RESIDUAL, "timing": "do_bench_cudagraph median",
-                     "programs_per_sm": kd.PROGRAMS_PER_SM, "min_tiles_per_split": kd.MIN_TILES_PER_SPLIT},
+                     "programs_per_sm": kd.PROGRAMS_PER_SM, "min_tiles_per_split": kd.MIN_TILES_PER_SPLIT,
+                     "tokens_per_split": kd.TOKENS_PER_SPLIT, "num_warps": kd.NUM_WARPS},
         "rows": rows,
     }
     if a.tune:

@@ -197,7 +197,7 @@ def _kv_decode_split_kernel(
     # meta-parameters
     GROUP: tl.constexpr, GROUP_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     BITS: tl.constexpr, GROUP_K: tl.constexpr, GROUP_V: tl.constexpr, IEEE: tl.constexpr,
-    UPCAST: tl.constexpr,
+    UPCAST: tl.constexpr, V_ROWS: tl.constexpr,
 ):
     """One (sequence, KV head) pair, its GROUP query heads (padded to GROUP_M ≥ 16 rows for tl.dot), one split.
 
@@ -209,6 +209,14 @@ def _kv_decode_split_kernel(
     dimension is handled as two parts — even channels (low nibbles) and odd channels (high nibbles) — each with
     its own slice of q and of the output accumulator: q·kᵀ = q_even·k_evenᵀ + q_odd·k_oddᵀ, and p·V is computed
     per part. 8-bit codes are one part.
+
+    Fewer instructions per byte (decode is memory-bound only if the arithmetic per byte is small):
+
+    * when a tile lies in one key group, its key scale and min are the same for every token, so they are folded
+      into the query instead of the keys: q·kᵀ = (q ⊙ scale)·codesᵀ + q·min — the codes only need a conversion;
+    * ``V_ROWS``: each token's few value scales (D / GROUP_V of them) are loaded once as a (BLOCK_T, D / GROUP_V)
+      tile and broadcast across their channels in registers, instead of one gathered load per element
+      (needs D and GROUP_V powers of two, D = BLOCK_D; the launcher decides).
     """
     PARTS: tl.constexpr = 2 if BITS == 4 else 1
     W: tl.constexpr = BLOCK_D // PARTS
@@ -249,6 +257,8 @@ def _kv_decode_split_kernel(
         vs_base = vs_ptr + bh64 * stride_vs_bh
         vmn_base = vmn_ptr + bh64 * stride_vs_bh
         g0, g1 = d0 // GROUP_V, d1 // GROUP_V  # the V scale column of each channel
+        GV: tl.constexpr = BLOCK_D // GROUP_V  # value groups per token (V_ROWS: D = BLOCK_D)
+        GW: tl.constexpr = GROUP_V // PARTS  # channels of one value group within a part
         for t0 in range(start, end, BLOCK_T):
             offs_t = t0 + offs_tt
             valid = offs_t < end
@@ -257,35 +267,52 @@ def _kv_decode_split_kernel(
             # one byte column per j: the low nibble is channel 2j (part 0), the high one 2j+1 (part 1)
             kc = tl.load(kc_base + offs_t[:, None] * stride_kc_t + offs_j[None, :], mask=m_t0, other=0)
             vc = tl.load(vc_base + offs_t[:, None] * stride_vc_t + offs_j[None, :], mask=m_t0, other=0)
-            if GROUP_K % BLOCK_T == 0:  # the tile lies in one key group: one scale row for all its tokens
+            if BITS == 8:
+                c_k0 = kc
+                c_k1 = kc
+                c_v0 = vc
+                c_v1 = vc
+            else:
+                c_k0 = kc & 15
+                c_k1 = kc >> 4
+                c_v0 = vc & 15
+                c_v1 = vc >> 4
+            if GROUP_K % BLOCK_T == 0:  # the tile lies in one key group: fold its scale and min into q
                 krow = ks_base + (t0 // GROUP_K) * stride_ks_g
                 kmrow = kmn_base + (t0 // GROUP_K) * stride_ks_g
                 ks0 = tl.load(krow + d0, mask=mask0, other=0.0).to(tl.float32)[None, :]
                 km0 = tl.load(kmrow + d0, mask=mask0, other=0.0).to(tl.float32)[None, :]
                 ks1 = tl.load(krow + d1, mask=mask1, other=0.0).to(tl.float32)[None, :]
                 km1 = tl.load(kmrow + d1, mask=mask1, other=0.0).to(tl.float32)[None, :]
+                bias = tl.sum(q0.to(tl.float32) * km0, axis=1)
+                if PARTS == 2:
+                    bias += tl.sum(q1.to(tl.float32) * km1, axis=1)
+                s = _scores((q0.to(tl.float32) * ks0).to(DT), (q1.to(tl.float32) * ks1).to(DT),
+                            c_k0.to(DT), c_k1.to(DT), PARTS, IEEE) + bias[:, None]
             else:
                 g_row = (offs_t // GROUP_K)[:, None] * stride_ks_g
                 ks0 = tl.load(ks_base + g_row + d0[None, :], mask=m_t0, other=0.0).to(tl.float32)
                 km0 = tl.load(kmn_base + g_row + d0[None, :], mask=m_t0, other=0.0).to(tl.float32)
                 ks1 = tl.load(ks_base + g_row + d1[None, :], mask=m_t1, other=0.0).to(tl.float32)
                 km1 = tl.load(kmn_base + g_row + d1[None, :], mask=m_t1, other=0.0).to(tl.float32)
-            v_row = offs_t[:, None] * stride_vs_t
-            vs0 = tl.load(vs_base + v_row + g0[None, :], mask=m_t0, other=0.0).to(tl.float32)
-            vm0 = tl.load(vmn_base + v_row + g0[None, :], mask=m_t0, other=0.0).to(tl.float32)
-            if BITS == 8:
-                k0 = (kc.to(tl.float32) * ks0 + km0).to(DT)
-                k1 = k0
-                v0 = (vc.to(tl.float32) * vs0 + vm0).to(DT)
-                v1 = v0
+                s = _scores(q0, q1, (c_k0.to(tl.float32) * ks0 + km0).to(DT),
+                            (c_k1.to(tl.float32) * ks1 + km1).to(DT), PARTS, IEEE)
+            if V_ROWS:  # (BLOCK_T, GV) scales per token, broadcast over each group's GW channels in registers
+                v_tile = offs_t[:, None] * stride_vs_t + tl.arange(0, GV)[None, :]
+                vs_t = tl.load(vs_base + v_tile, mask=valid[:, None], other=0.0).to(tl.float32)
+                vm_t = tl.load(vmn_base + v_tile, mask=valid[:, None], other=0.0).to(tl.float32)
+                vs0 = tl.reshape(tl.broadcast_to(vs_t[:, :, None], (BLOCK_T, GV, GW)), (BLOCK_T, W))
+                vm0 = tl.reshape(tl.broadcast_to(vm_t[:, :, None], (BLOCK_T, GV, GW)), (BLOCK_T, W))
+                vs1 = vs0
+                vm1 = vm0
             else:
+                v_row = offs_t[:, None] * stride_vs_t
+                vs0 = tl.load(vs_base + v_row + g0[None, :], mask=m_t0, other=0.0).to(tl.float32)
+                vm0 = tl.load(vmn_base + v_row + g0[None, :], mask=m_t0, other=0.0).to(tl.float32)
                 vs1 = tl.load(vs_base + v_row + g1[None, :], mask=m_t1, other=0.0).to(tl.float32)
                 vm1 = tl.load(vmn_base + v_row + g1[None, :], mask=m_t1, other=0.0).to(tl.float32)
-                k0 = ((kc & 15).to(tl.float32) * ks0 + km0).to(DT)
-                k1 = ((kc >> 4).to(tl.float32) * ks1 + km1).to(DT)
-                v0 = ((vc & 15).to(tl.float32) * vs0 + vm0).to(DT)
-                v1 = ((vc >> 4).to(tl.float32) * vs1 + vm1).to(DT)
-            s = _scores(q0, q1, k0, k1, PARTS, IEEE)
+            v0 = (c_v0.to(tl.float32) * vs0 + vm0).to(DT)
+            v1 = (c_v1.to(tl.float32) * vs1 + vm1).to(DT)
             p, alpha, m, l = _online_softmax(s, valid, m, l, sm_scale_log2)
             acc0 = _pv(p, v0, acc0 * alpha[:, None], IEEE)
             if PARTS == 2:
@@ -352,9 +379,15 @@ def _kv_decode_combine_kernel(
 
 # ------------------------------------------------------------------ launcher
 
-# programs per SM to aim for on CUDA, and the fewest tokens a split should cover (in BLOCK_T tiles)
-PROGRAMS_PER_SM = 3
+# On CUDA a region is cut into max(tokens / TOKENS_PER_SPLIT, PROGRAMS_PER_SM · SMs / (B · Hkv)) splits — long
+# splits amortise each program's start and partial write, enough programs fill the SMs — but no split gets fewer
+# than MIN_TILES_PER_SPLIT tiles. (The H200 sweep in benchmarks/results/kv_decode_tune_h200.json: the best
+# split counts were 64 at B = 1 and 16 at B = 32, 2,048 tokens per split, with 64-token tiles.)
+PROGRAMS_PER_SM = 4
+TOKENS_PER_SPLIT = 2048
 MIN_TILES_PER_SPLIT = 4
+# warps per split program
+NUM_WARPS = 4
 # the interpreter runs programs one after the other: few splits keep the tests fast
 INTERPRETER_MAX_SPLITS = 4
 
@@ -370,13 +403,14 @@ def _region_splits(n_tokens: int, per_region: int, block_t: int) -> tuple[int, i
 def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res, v_res, k_len, r_len, *,
                         bits: int, group_k: int, group_v: int, sm_scale: float | None = None,
                         num_splits: int | None = None, block_t: int | None = None,
-                        max_len: tuple[int, int] | None = None) -> torch.Tensor:
+                        max_len: tuple[int, int] | None = None, num_warps: int | None = None) -> torch.Tensor:
     """One decode step of attention over a quantized + residual KV cache -> (B, Hq, D) in ``q.dtype``.
 
     ``num_splits``: the number of pieces each non-empty region (quantized tokens, residual
     tokens) is cut into — at most, as each piece covers whole BLOCK_T tiles; None picks
     about ``PROGRAMS_PER_SM`` programs per SM on CUDA (few in the interpreter).
     ``block_t``: tokens per loop step (a power of two ≥ 16); None picks by head dim and GQA group.
+    ``num_warps``: warps per split program (None: ``NUM_WARPS``).
     ``k_res``/``v_res`` may be None (no residual window; ``r_len`` must then be all zero).
     Lengths are read back to the host to check them and to size the splits, which a CUDA graph
     capture cannot do: a server that knows its longest sequences passes ``max_len=(max k_len, max r_len)``
@@ -446,14 +480,16 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
           f"num_splits={num_splits!r}: allowed None or a positive integer")
     check(block_t is None or (isinstance(block_t, int) and block_t >= 16 and block_t & (block_t - 1) == 0),
           f"block_t={block_t!r}: allowed None or a power of two ≥ 16")
+    check(num_warps is None or num_warps in (1, 2, 4, 8, 16), f"num_warps={num_warps!r}: allowed None, 1, 2, 4, 8 or 16")
     if B == 0 or Hq == 0:
         return torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
 
     GROUP = Hq // Hkv
     GROUP_M = max(16, triton.next_power_of_2(GROUP))  # tl.dot needs at least 16 rows: pad the query heads
     BLOCK_D = max(32, triton.next_power_of_2(D))  # 4-bit parts of BLOCK_D / 2 ≥ 16 channels feed tl.dot
-    # a tile inside one key group reads one row of key scales: prefer the largest such tile up to 64 tokens
-    BLOCK_T = block_t or next((t for t in (64, 32, 16) if group_k % t == 0), 64)
+    # 64-token tiles: on the H200 they beat 32-token tiles inside one key group (whose scales fold into q) even
+    # when a tile spans two key groups of 32 (the tune sweep); smaller only when no multiple of 16 key rows fits
+    BLOCK_T = block_t or 64
     # ---- splits: cut the tokens that some sequence holds (not the capacity) into homogeneous pieces
     interpreted = os.environ.get("TRITON_INTERPRET") == "1" or not q.is_cuda
     # the interpreter's bfloat16 tl.dot returns garbage (seen with triton 3.8 on CPU): there bf16 multiplies in float32
@@ -465,7 +501,8 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
             sms = torch.cuda.get_device_properties(q.device).multi_processor_count
             target = max(1, triton.cdiv(PROGRAMS_PER_SM * sms, B * Hkv))
         min_tokens = MIN_TILES_PER_SPLIT * BLOCK_T
-        n_q = min(target, triton.cdiv(max_k, min_tokens))
+        long_k = 0 if interpreted else triton.cdiv(max_k, TOKENS_PER_SPLIT)
+        n_q = min(max(target, long_k), triton.cdiv(max_k, min_tokens))
         n_r = min(target, triton.cdiv(max_r, min_tokens))
     else:
         n_q = n_r = num_splits
@@ -489,7 +526,8 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
         Hq * D, D, T * (D * bits // 8), D * bits // 8, (T // group_k) * D, D,
         T * (D * bits // 8), D * bits // 8, T * (D // group_v), D // group_v, R * D, D,
         GROUP=GROUP, GROUP_M=GROUP_M, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, BITS=bits, GROUP_K=group_k, GROUP_V=group_v,
-        IEEE=q.dtype == torch.float32 or upcast, UPCAST=upcast, num_warps=4,
+        IEEE=q.dtype == torch.float32 or upcast, UPCAST=upcast, num_warps=num_warps or NUM_WARPS,
+        V_ROWS=(BLOCK_D == D and group_v & (group_v - 1) == 0 and group_v % (2 if bits == 4 else 1) == 0),
     )
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
     _kv_decode_combine_kernel[(B * Hq,)](

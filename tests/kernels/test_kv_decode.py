@@ -56,6 +56,15 @@ def test_matches_reference(bits, dtype, heads, D):
     _check(args, meta, RTOL[dtype])
 
 
+@pytest.mark.parametrize("group_v", [16, 32, 128], ids=lambda g: f"gv{g}")
+@pytest.mark.parametrize("bits", [8, 4], ids=lambda b: f"{b}bit")
+def test_value_scales_broadcast_per_token(bits, group_v):
+    """D = 128 (a power of two): each token's value scales are loaded as one row and broadcast in registers —
+    groups of 16 or 32 channels and one group per token; key groups of 64 hold whole tiles (scales folded into q)."""
+    args, meta = _cache(D=128, bits=bits, group_v=group_v, group_k=64, T=128, k_len=(128, 0, 64))
+    _check(args, meta, RTOL[torch.float16])
+
+
 @pytest.mark.parametrize("bits", [8, 4], ids=lambda b: f"{b}bit")
 def test_bfloat16(bits):
     args, meta = _cache(bits=bits, dtype=torch.bfloat16, Hq=4, Hkv=4, D=64)
