@@ -65,6 +65,9 @@ def add_parsers(sub) -> None:
     q.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window (default 512)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="cpu", help="where to quantize: cpu or cuda")
+    q.add_argument("--nproc", type=int, default=1,
+                   help="GPTQ over N processes with torch.distributed (gloo on cpu, NCCL on cuda: one GPU each); "
+                        "under torchrun --nproc-per-node N -m qtutor quantize … the launcher's ranks are used instead")
     q.add_argument("--dry-run", action="store_true", help="print the size and bits per weight; write nothing")
 
     r = sub.add_parser("recommend", help="ranked quantization options for a model and a machine, each naming the "
@@ -138,6 +141,10 @@ def _check_args(args) -> None:
         if args.symmetric is not None:
             raise UsageError("--symmetric: NF4's levels are fixed (normal quantiles, absmax per block); allowed "
                              "with --method rtn or gptq")
+    if not isinstance(args.nproc, int) or args.nproc < 1:
+        raise UsageError(f"--nproc={args.nproc}: at least 1 process")
+    if args.nproc > 1 and not args.method:
+        raise UsageError(f"--nproc={args.nproc}: several processes are for --method gptq")
     if args.method:
         if not isinstance(args.bits, int) or not 2 <= args.bits <= 8:
             raise UsageError(f"--bits={args.bits}: allowed 2 to 8")
@@ -145,6 +152,8 @@ def _check_args(args) -> None:
             raise UsageError(f"--group-size={args.group_size}: a positive number of columns, or 0 for one per row")
         if args.out.suffix == ".gguf":
             raise UsageError(f"OUT={args.out}: --method writes a checkpoint folder; use --gguf TYPE for a .gguf")
+        if args.nproc != 1 and args.method != "gptq":
+            raise UsageError(f"--nproc={args.nproc}: several processes are for --method gptq")
         if args.method in ("gptq", "awq"):
             if args.n_calib < 1:
                 raise UsageError(f"--n-calib={args.n_calib}: at least 1 calibration window")
@@ -317,6 +326,8 @@ def run_quantize(args) -> int:
     else:
         calib = calibration_samples(tok, Corpus[args.calib.upper()], n_samples=args.n_calib, seq_len=args.seq_len,
                                     seed=args.seed)
+        if args.method == "gptq" and (args.nproc > 1 or _under_torchrun()):
+            return _gptq_distributed(args, GPTQConfig(args.bits, gs, symmetric=symmetric), fmt)
         if args.method == "gptq":
             from .pipeline.gptq import gptq_quantize_model
 
@@ -327,6 +338,63 @@ def run_quantize(args) -> int:
             results, _ = awq_quantize_model(model, calib, AWQConfig(args.bits, gs), progress=True)
     save_quantized(model, results, args.out, fmt, tokenizer=tok)
     return _wrote(args)
+
+
+def _under_torchrun() -> bool:
+    import os
+
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def _gptq_distributed(args, config, fmt: str) -> int:
+    """GPTQ over ``args.nproc`` spawned processes, or over torchrun's ranks; rank 0 writes the checkpoint."""
+    import os
+    import tempfile
+
+    if _under_torchrun():
+        _gptq_rank(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", args, config, fmt)
+        return _wrote(args) if int(os.environ["RANK"]) == 0 else 0
+    import torch
+    import torch.multiprocessing as mp
+
+    if args.device.startswith("cuda") and torch.cuda.device_count() < args.nproc:
+        raise UsageError(f"--nproc={args.nproc}: only {torch.cuda.device_count()} GPUs; one process per GPU")
+    print(f"GPTQ over {args.nproc} processes ({'NCCL' if args.device.startswith('cuda') else 'gloo'})", flush=True)
+    with tempfile.TemporaryDirectory(prefix="qtutor_dist_") as tmp:
+        mp.spawn(_gptq_rank, args=(args.nproc, f"file://{tmp}/init", args, config, fmt), nprocs=args.nproc, join=True)
+    return _wrote(args)
+
+
+def _gptq_rank(rank: int, world: int, init_method: str, args, config, fmt: str) -> None:
+    """One rank: load the model and the calibration windows (the same on every rank), quantize, rank 0 saves."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from .data import Corpus, calibration_samples
+    from .formats.checkpoint import save_quantized
+    from .pipeline.distributed import gptq_quantize_model_distributed
+
+    cuda = args.device.startswith("cuda")
+    device = f"cuda:{rank}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(rank)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world)
+    try:
+        model, tok = _load(args.model, device)
+        calib = calibration_samples(tok, Corpus[args.calib.upper()], n_samples=args.n_calib, seq_len=args.seq_len,
+                                    seed=args.seed)
+        # the single process batches by 8: the same batches (hence the same result) whenever every rank gets one
+        batch = 8 if args.n_calib >= 8 * world else max(1, args.n_calib // world)
+        results = gptq_quantize_model_distributed(model, calib, config, batch_size=batch)
+        if rank == 0:
+            save_quantized(model, results, args.out, fmt, tokenizer=tok)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def _wrote(args) -> int:

@@ -190,3 +190,17 @@ def test_nf4_folder_loads_in_transformers_with_bitsandbytes_and_in_qtutor(tiny_f
     assert float((a - b).abs().max()) < 0.05 * float(b.abs().max())  # bitsandbytes' CPU matmul is not fp32-exact
     assert main(["eval", str(out), "--reference", str(tiny_folder), "--windows", "1", "--ctx", "64"]) == 0
     assert "KL" in capsys.readouterr().out
+
+
+def test_gptq_over_two_processes_writes_the_single_process_checkpoint(tiny_folder, tmp_path, capsys):
+    """--nproc 2 (two spawned gloo processes) gives the same safetensors bytes as one process: the same batches of
+    8, Hessian terms added in one process's order."""
+    common = ["--method", "gptq", "--group-size", "32", "--n-calib", "16", "--seq-len", "32"]
+    assert main(["quantize", str(tiny_folder), str(tmp_path / "one"), *common]) == 0
+    assert main(["quantize", str(tiny_folder), str(tmp_path / "two"), *common, "--nproc", "2"]) == 0
+    assert "GPTQ over 2 processes (gloo)" in capsys.readouterr().out
+    assert (tmp_path / "one" / "model.safetensors").read_bytes() == (tmp_path / "two" / "model.safetensors").read_bytes()
+    assert main(["quantize", str(tiny_folder), str(tmp_path / "x"), "--method", "awq", "--nproc", "2"]) == 2
+    assert "--nproc=2: several processes are for --method gptq" in capsys.readouterr().err
+    assert main(["quantize", str(tiny_folder), str(tmp_path / "x"), "--method", "gptq", "--nproc", "0"]) == 2
+    assert "--nproc=0: at least 1 process" in capsys.readouterr().err
