@@ -4,7 +4,8 @@
 
 Settings (``qtutor.kvcache.quantized_cache``): the float cache, FP8 E4M3 (scale 1), and KIVI int8 / int4 / int2
 (keys per channel over groups of 32 tokens, values per token over groups of 32 channels, the newest 128–159
-tokens in full precision), plus two int2 ablations: no residual window, and keys grouped per token like values.
+tokens in full precision), plus two int2 ablations: no residual window, and keys grouped per token like values; and the peer, transformers'
+``QuantizedCache`` on optimum-quanto (``quanto_int4``, ``quanto_int2``), where it is installed.
 
 Perplexity: ``--windows`` non-overlapping windows of ``--ctx`` tokens from the start of WikiText-2 test, fed
 through the cache ``--chunk`` tokens at a time (each chunk attends to itself in full precision and to every older
@@ -74,6 +75,11 @@ def main() -> None:
     def make(setting):
         if setting == "float":
             return None
+        if setting.startswith("quanto_int"):  # the peer: transformers' QuantizedCache on optimum-quanto
+            from transformers import QuantizedCache
+
+            return QuantizedCache(backend="quanto", config=model.config, nbits=int(setting[len("quanto_int"):]),
+                                  axis_key=0, axis_value=0, q_group_size=32, residual_length=128)
         if setting == "int2_no_residual":
             return quantized_cache(model, "int2", residual=0)
         if setting == "int2_keys_per_token":
@@ -90,7 +96,8 @@ def main() -> None:
             cache = make(setting)
             cache = DynamicCache() if cache is None else cache
             nll.append(position_nll(model, w[None], cache, chunk=a.chunk).cpu())
-            held = cache_nbytes(cache) if held is None else held
+            if not setting.startswith("quanto"):  # cache_nbytes does not see quanto's packed tensors
+                held = cache_nbytes(cache) if held is None else held
         nll = torch.cat(nll)
         agree = []
         for i, p in enumerate(prompts):
@@ -110,7 +117,7 @@ def main() -> None:
                "greedy": agree, "greedy_long_prompt": agree_long, "seconds": time.time() - t0}
         rows.append(row)
         print(f"{setting:22s} ppl {row['perplexity']:.3f}  {row['perplexity_by_position']}  "
-              f"held {held / 2**20:.1f} MiB  greedy {[g['same_prefix'] for g in agree]} long {[g['same_prefix'] for g in agree_long]}  {row['seconds']:.0f}s",
+              f"held {(held or 0) / 2**20:.1f} MiB  greedy {[g['same_prefix'] for g in agree]} long {[g['same_prefix'] for g in agree_long]}  {row['seconds']:.0f}s",
               flush=True)
     result = {
         "what": "SmolLM2-135M-Instruct (dequantized Q4_1) with quantized KV caches, WikiText-2 test",
@@ -119,7 +126,10 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor(),
         "host": platform.node(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+                     "optimum-quanto": _version("optimum-quanto"), "python": platform.python_version()},
+        "peer": "quanto_int4 / quanto_int2: transformers' QuantizedCache(backend='quanto', nbits, axis_key=0, "
+                "axis_value=0, q_group_size=32, residual_length=128) — transformers' defaults but groups of 32 as "
+                "KIVI's; it re-quantizes the whole cache each time the residual fills; bytes held not measured",
         "protocol": {"ctx": a.ctx, "windows": a.windows, "chunk": a.chunk, "n_new": a.n_new, "edges": edges,
                      "long_prompt_tokens": a.long_prompt, "long_prompts_start_at_token": start,
                      "kivi_defaults": {"group_size": KIVILayer().group_size, "residual": KIVILayer().residual}},
@@ -129,6 +139,15 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print("wrote", a.out)
+
+
+def _version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 if __name__ == "__main__":
