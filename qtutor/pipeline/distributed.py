@@ -41,6 +41,10 @@ def gptq_quantize_model_distributed(model: nn.Module, input_ids: torch.Tensor, c
 
     ``first_blocks`` quantizes only the first blocks (a test or a partial run). ``input_ids`` must hold at least
     one ``batch_size`` batch per rank. ``torch.distributed`` must be initialised.
+
+    An error on one rank (bad activations, say) restores that rank's blocks and raises there; the other ranks
+    wait in their next collective until the launcher (``torch.multiprocessing.spawn``, torchrun) stops them or
+    the process group times out — run every rank under one of the launchers, as ``qtutor quantize --nproc`` does.
     """
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("torch.distributed is not initialised: start with torchrun or `qtutor quantize --nproc N`, "
