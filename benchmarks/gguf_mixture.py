@@ -22,16 +22,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import platform
 import sys
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from sensitivity import _version  # the sibling script (benchmarks/ is on sys.path when a script there runs)
+from mixed_precision import kl, logprobs, perplexity_all  # sibling scripts (benchmarks/ is on sys.path)
+from sensitivity import _version
 
 FILE_TYPES = ("Q2_K", "Q3_K_M", "Q4_K_S", "Q4_K_M", "Q5_K_M")
 
@@ -67,27 +66,10 @@ def main() -> None:
     test = eval_windows(tok, EvalConfig(ctx=args.ctx, n_windows=args.test_windows)).to(args.device)
     kl_test = test[: args.kl_windows]
 
-    @torch.no_grad()
-    def logprobs(ids: torch.Tensor) -> torch.Tensor:
-        return torch.cat([F.log_softmax(model(b, use_cache=False).logits.float(), dim=-1) for b in ids.split(8)])
-
-    ref_map = logprobs(map_windows)
+    ref_map = logprobs(model, map_windows)
     ref_map_p = ref_map.exp()
-    ref_test = logprobs(kl_test)
+    ref_test = logprobs(model, kl_test)
     ref_test_p, ref_test_top = ref_test.exp(), ref_test.argmax(-1)
-
-    def kl(ref: torch.Tensor, ref_p: torch.Tensor, lp: torch.Tensor) -> float:
-        return float((ref_p * (ref - lp)).sum() / lp.shape[0] / lp.shape[1])
-
-    @torch.no_grad()
-    def perplexity_all() -> float:
-        nll, n = 0.0, 0
-        for b in test.split(16):
-            logits = model(b, use_cache=False).logits.float()
-            nll += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1),
-                                         reduction="sum"))
-            n += b[:, 1:].numel()
-        return math.exp(nll / n)
 
     linears = decoder_linears(model)
     names = list(linears)[: args.limit_layers]
@@ -105,7 +87,7 @@ def main() -> None:
             decoded[name, t] = torch.from_numpy(np.ascontiguousarray(back)).to(w.device, w.dtype)
             with torch.no_grad():
                 lin.weight.copy_(decoded[name, t])
-                d = kl(ref_map, ref_map_p, logprobs(map_windows))
+                d = kl(ref_map, ref_map_p, logprobs(model, map_windows))
                 lin.weight.copy_(w)
             rows.append({"layer": name, "type": t, "kl": d, "n_params": w.numel(),
                          "bits_per_weight": opt.bits(*shapes[name]) / w.numel(),
@@ -124,8 +106,8 @@ def main() -> None:
         try:
             for n, t in types.items():
                 linears[n].weight.copy_(decoded[n, t])
-            lp = logprobs(kl_test)
-            return {"perplexity": perplexity_all(), "kl": kl(ref_test, ref_test_p, lp),
+            lp = logprobs(model, kl_test)
+            return {"perplexity": perplexity_all(model, test), "kl": kl(ref_test, ref_test_p, lp),
                     "top1": float((lp.argmax(-1) == ref_test_top).float().mean())}
         finally:
             for n in names:

@@ -29,6 +29,29 @@ import torch.nn.functional as F
 from sensitivity import _version  # the sibling script (benchmarks/ is on sys.path when a script there runs)
 
 
+@torch.no_grad()
+def logprobs(model, ids: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of every next token, in batches of 8 windows."""
+    return torch.cat([F.log_softmax(model(b, use_cache=False).logits.float(), dim=-1) for b in ids.split(8)])
+
+
+def kl(ref: torch.Tensor, ref_p: torch.Tensor, lp: torch.Tensor) -> float:
+    """KL(p_ref || p) per token, from the reference's log-probabilities (and their exp) and the model's."""
+    return float((ref_p * (ref - lp)).sum() / lp.shape[0] / lp.shape[1])
+
+
+@torch.no_grad()
+def perplexity_all(model, test: torch.Tensor) -> float:
+    """Perplexity over every window of ``test`` (no BOS), in batches of 16."""
+    nll, n = 0.0, 0
+    for b in test.split(16):
+        logits = model(b, use_cache=False).logits.float()
+        nll += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1),
+                                     reduction="sum"))
+        n += b[:, 1:].numel()
+    return math.exp(nll / n)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -61,27 +84,10 @@ def main() -> None:
     kl_test = test[: args.kl_windows]
     calib = calibration_samples(tok, n_samples=args.calib_samples, seq_len=args.ctx, seed=0)
 
-    @torch.no_grad()
-    def logprobs(ids: torch.Tensor) -> torch.Tensor:
-        return torch.cat([F.log_softmax(model(b, use_cache=False).logits.float(), dim=-1) for b in ids.split(8)])
-
-    ref_map = logprobs(map_windows)
+    ref_map = logprobs(model, map_windows)
     ref_map_p = ref_map.exp()
-    ref_test = logprobs(kl_test)
+    ref_test = logprobs(model, kl_test)
     ref_test_p, ref_test_top = ref_test.exp(), ref_test.argmax(-1)
-
-    def kl(ref: torch.Tensor, ref_p: torch.Tensor, lp: torch.Tensor) -> float:
-        return float((ref_p * (ref - lp)).sum() / lp.shape[0] / lp.shape[1])
-
-    @torch.no_grad()
-    def perplexity_all() -> float:
-        nll, n = 0.0, 0
-        for b in test.split(16):
-            logits = model(b, use_cache=False).logits.float()
-            nll += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1),
-                                         reduction="sum"))
-            n += b[:, 1:].numel()
-        return math.exp(nll / n)
 
     linears = decoder_linears(model)
     names = list(linears)[: args.limit_layers]
@@ -95,7 +101,7 @@ def main() -> None:
             w_hat = quantized_weight(w, s.n_bits, s.group_size, "RTN")
             with torch.no_grad():
                 lin.weight.copy_(w_hat)
-                d = kl(ref_map, ref_map_p, logprobs(map_windows))
+                d = kl(ref_map, ref_map_p, logprobs(model, map_windows))
                 lin.weight.copy_(w)
             rows.append({"layer": name, "block": block, "proj": proj, "bits": s.n_bits, "group_size": s.group_size,
                          "kl": d, "n_params": w.numel(),
@@ -115,8 +121,8 @@ def main() -> None:
         try:
             for n, s in schemes.items():
                 linears[n].weight.copy_(quantized_weight(originals[n], s.n_bits, s.group_size, "RTN"))
-            lp = logprobs(kl_test)
-            return {"perplexity": perplexity_all(), "kl": kl(ref_test, ref_test_p, lp),
+            lp = logprobs(model, kl_test)
+            return {"perplexity": perplexity_all(model, test), "kl": kl(ref_test, ref_test_p, lp),
                     "top1": float((lp.argmax(-1) == ref_test_top).float().mean())}
         finally:
             for n in names:

@@ -41,7 +41,8 @@ from ..primitives.grid import rtn_grid_quantize
 from ..primitives.spec import check_n_bits_group_size
 
 __all__ = ["Scheme", "ALL_SCHEMES", "Allocation", "layer_bits", "linear_shapes", "model_bits_per_weight",
-           "damage_from_frame", "allocate", "uniform_options", "best_uniform", "scheme_from_label", "rtn_mixed"]
+           "damage_from_frame", "allocate", "uniform_options", "best_uniform", "scheme_from_label", "rtn_mixed",
+           "swapped_weights"]
 
 
 @dataclass(frozen=True)
@@ -305,12 +306,20 @@ def rtn_mixed(model: nn.Module, schemes: Mapping[str, Scheme]) -> Iterator[nn.Mo
         raise TypeError(f"schemes[{bad[0]!r}] = {schemes[bad[0]]!r}: must be a Scheme(n_bits, group_size)")
     new = {n: rtn_grid_quantize(linears[n].weight.detach(), s.n_bits, s.group_size).dequantize(
         linears[n].weight.dtype) for n, s in schemes.items()}
-    saved = {n: linears[n].weight.detach().clone() for n in schemes}
+    with swapped_weights(linears, new):
+        yield model
+
+
+@contextmanager
+def swapped_weights(linears: Mapping[str, nn.Module], new: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Inside the block, ``linears[name].weight`` holds ``new[name]``; the old weights come back on exit (also on
+    error). Compute every new weight before entering, so that a failure cannot leave the model half changed."""
+    saved = {n: linears[n].weight.detach().clone() for n in new}
     try:
         with torch.no_grad():
             for n, w in new.items():
                 linears[n].weight.copy_(w)
-        yield model
+        yield
     finally:
         with torch.no_grad():
             for n, w in saved.items():

@@ -34,7 +34,7 @@ from ..gguf.io import dequantize_tensor, quantize_tensor
 from ..gguf.kquants import KQUANT_TYPES
 from ..gguf.legacy import LEGACY_TYPES
 from ..model.walk import decoder_linears
-from .allocate import Allocation, allocate
+from .allocate import Allocation, allocate, swapped_weights
 
 __all__ = ["GGMLType", "GGML_TYPES", "ggml_options", "file_type_types", "allocate_ggml", "ggml_mixed",
            "mixture_bits"]
@@ -144,13 +144,5 @@ def ggml_mixed(model: nn.Module, types: Mapping[str, str]) -> Iterator[nn.Module
         a = w.float().cpu().numpy()
         back = dequantize_tensor(quantize_tensor(a, t), t, a.shape[1])
         new[n] = torch.from_numpy(np.ascontiguousarray(back)).to(w.device, w.dtype)
-    saved = {n: linears[n].weight.detach().clone() for n in new}
-    try:
-        with torch.no_grad():
-            for n, w in new.items():
-                linears[n].weight.copy_(w)
+    with swapped_weights(linears, new):
         yield model
-    finally:
-        with torch.no_grad():
-            for n, w in saved.items():
-                linears[n].weight.copy_(w)
