@@ -148,17 +148,11 @@ def kv_decode_ref(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res, v_re
 # ------------------------------------------------------------------- kernels
 
 @triton.jit
-def _scores(q0, q1, k0, k1, PARTS: tl.constexpr, IEEE: tl.constexpr):
-    """(GROUP_M, BLOCK_T) = q · kᵀ summed over the channel parts (tensor cores; fp32 exact when IEEE)."""
+def _scores(q, k, IEEE: tl.constexpr):
+    """(GROUP_M, BLOCK_T) = q · kᵀ (tensor cores; fp32 exact when IEEE)."""
     if IEEE:
-        s = tl.dot(q0, tl.trans(k0), input_precision="ieee")
-        if PARTS == 2:
-            s += tl.dot(q1, tl.trans(k1), input_precision="ieee")
-    else:
-        s = tl.dot(q0, tl.trans(k0))
-        if PARTS == 2:
-            s += tl.dot(q1, tl.trans(k1))
-    return s
+        return tl.dot(q, tl.trans(k), input_precision="ieee")
+    return tl.dot(q, tl.trans(k))
 
 
 @triton.jit
@@ -185,6 +179,39 @@ def _online_softmax(s, valid, m, l, sm_scale_log2):
 
 
 @triton.jit
+def _codes_to(c, DT: tl.constexpr, BITS: tl.constexpr):
+    """Integer codes (any int dtype, 0 … 2^BITS − 1) -> DT, exactly, without the slow int-to-float conversion.
+
+    The code is written into the mantissa of a float whose exponent makes one mantissa step equal 1 (fp16 0x6400 =
+    1024, bf16 0x4300 = 128, fp32 0x4B000000 = 2^23), and that float's integer part is subtracted: an integer OR
+    and one float subtraction per value instead of a quarter-rate I2F conversion.
+    """
+    if DT == tl.float16:
+        return (c.to(tl.int16) | 0x6400).to(tl.float16, bitcast=True) - 1024.0
+    elif DT == tl.bfloat16 and BITS == 4:
+        return (c.to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True) - 128.0
+    else:
+        f = (c.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+        return f.to(DT)
+
+
+@triton.jit
+def _load_codes(ptr, rows, valid, NB: tl.constexpr, BLOCK_D: tl.constexpr, BITS: tl.constexpr,
+                FULL_D: tl.constexpr, NBYTES):
+    """A (BLOCK_T, BLOCK_D) tile of integer codes from (BLOCK_T, NB) bytes: 4-bit bytes hold channel 2j in the low
+    nibble and 2j+1 in the high one, which tl.join + reshape put back in channel order."""
+    offs_b = tl.arange(0, NB)
+    if FULL_D:
+        mask = valid[:, None]
+    else:
+        mask = valid[:, None] & (offs_b < NBYTES)[None, :]
+    c = tl.load(ptr + rows[:, None] + offs_b[None, :], mask=mask, other=0).to(tl.int16)
+    if BITS == 4:
+        c = tl.reshape(tl.join(c & 15, c >> 4), (c.shape[0], BLOCK_D))
+    return c
+
+
+@triton.jit
 def _kv_decode_split_kernel(
     # pointers
     q_ptr, kc_ptr, ks_ptr, kmn_ptr, vc_ptr, vs_ptr, vmn_ptr, kr_ptr, vr_ptr, k_len_ptr, r_len_ptr,
@@ -197,29 +224,26 @@ def _kv_decode_split_kernel(
     # meta-parameters
     GROUP: tl.constexpr, GROUP_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     BITS: tl.constexpr, GROUP_K: tl.constexpr, GROUP_V: tl.constexpr, IEEE: tl.constexpr,
-    UPCAST: tl.constexpr, V_ROWS: tl.constexpr,
+    UPCAST: tl.constexpr, V_ROWS: tl.constexpr, FULL_D: tl.constexpr,
 ):
     """One (sequence, KV head) pair, its GROUP query heads (padded to GROUP_M ≥ 16 rows for tl.dot), one split.
 
     Splits 0 … NQ−1 cover the quantized tokens [s·Q_PER, (s+1)·Q_PER) ∩ [0, k_len[b]); the rest cover the
-    residual tokens likewise with R_PER and r_len[b]. K and V tiles are loaded, dequantized in registers to q's
-    dtype (float32 when q is float32) and used by all GROUP query heads through two tensor-core products.
-
-    4-bit rows hold channels 2j and 2j+1 in byte j: rather than interleave the nibbles in registers, the head
-    dimension is handled as two parts — even channels (low nibbles) and odd channels (high nibbles) — each with
-    its own slice of q and of the output accumulator: q·kᵀ = q_even·k_evenᵀ + q_odd·k_oddᵀ, and p·V is computed
-    per part. 8-bit codes are one part.
+    residual tokens likewise with R_PER and r_len[b]. K and V tiles are loaded whole (each token's bytes in one
+    contiguous, vectorised load), dequantized in registers to q's dtype (float32 when q is float32) and used by
+    all GROUP query heads through two tensor-core products.
 
     Fewer instructions per byte (decode is memory-bound only if the arithmetic per byte is small):
 
+    * codes become floats through the mantissa trick of ``_codes_to``, not an int-to-float conversion;
     * when a tile lies in one key group, its key scale and min are the same for every token, so they are folded
       into the query instead of the keys: q·kᵀ = (q ⊙ scale)·codesᵀ + q·min — the codes only need a conversion;
     * ``V_ROWS``: each token's few value scales (D / GROUP_V of them) are loaded once as a (BLOCK_T, D / GROUP_V)
       tile and broadcast across their channels in registers, instead of one gathered load per element
-      (needs D and GROUP_V powers of two, D = BLOCK_D; the launcher decides).
+      (needs D and GROUP_V powers of two, D = BLOCK_D; the launcher decides);
+    * ``FULL_D`` (D = BLOCK_D): no channel mask, so the loads are as wide as the rows allow.
     """
-    PARTS: tl.constexpr = 2 if BITS == 4 else 1
-    W: tl.constexpr = BLOCK_D // PARTS
+    NB: tl.constexpr = BLOCK_D * BITS // 8  # bytes of one token's codes (BLOCK_D channels)
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
     n_splits = tl.num_programs(1)
@@ -227,25 +251,22 @@ def _kv_decode_split_kernel(
     kvh = pid_bh % HKV
     bh64 = pid_bh.to(tl.int64)
     offs_g = tl.arange(0, GROUP_M)
-    offs_j = tl.arange(0, W)
+    offs_d = tl.arange(0, BLOCK_D)
     offs_tt = tl.arange(0, BLOCK_T)
-    d0 = offs_j * PARTS  # channels of part 0 (all channels for 8 bits)
-    d1 = offs_j * PARTS + 1  # channels of part 1 (4 bits only)
     mask_g = offs_g < GROUP
-    mask0 = d0 < D
-    mask1 = (d1 < D) & (PARTS == 2)
+    if FULL_D:
+        mask_d = offs_d < BLOCK_D
+    else:
+        mask_d = offs_d < D
     heads = kvh * GROUP + offs_g  # (GROUP_M,) query heads of this KV head
-    q_row = q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh
-    q0 = tl.load(q_row + d0[None, :], mask=mask_g[:, None] & mask0[None, :], other=0.0)
-    q1 = tl.load(q_row + d1[None, :], mask=mask_g[:, None] & mask1[None, :], other=0.0)
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=mask_g[:, None] & mask_d[None, :], other=0.0)
     if UPCAST:  # bfloat16 under the interpreter, whose bf16 tl.dot is wrong: multiply in float32 there
-        q0 = q0.to(tl.float32)
-        q1 = q1.to(tl.float32)
-    DT = q0.dtype
+        q = q.to(tl.float32)
+    DT = q.dtype
     m = tl.full((GROUP_M,), float("-inf"), dtype=tl.float32)
     l = tl.zeros((GROUP_M,), dtype=tl.float32)
-    acc0 = tl.zeros((GROUP_M, W), dtype=tl.float32)
-    acc1 = tl.zeros((GROUP_M, W), dtype=tl.float32)
+    acc = tl.zeros((GROUP_M, BLOCK_D), dtype=tl.float32)
     if pid_s < NQ:
         # ---- quantized split: dequantize codes in registers
         start = pid_s * Q_PER
@@ -256,69 +277,40 @@ def _kv_decode_split_kernel(
         kmn_base = kmn_ptr + bh64 * stride_ks_bh
         vs_base = vs_ptr + bh64 * stride_vs_bh
         vmn_base = vmn_ptr + bh64 * stride_vs_bh
-        g0, g1 = d0 // GROUP_V, d1 // GROUP_V  # the V scale column of each channel
         GV: tl.constexpr = BLOCK_D // GROUP_V  # value groups per token (V_ROWS: D = BLOCK_D)
-        GW: tl.constexpr = GROUP_V // PARTS  # channels of one value group within a part
+        qf = q.to(tl.float32)
         for t0 in range(start, end, BLOCK_T):
             offs_t = t0 + offs_tt
             valid = offs_t < end
-            m_t0 = valid[:, None] & mask0[None, :]
-            m_t1 = valid[:, None] & mask1[None, :]
-            # one byte column per j: the low nibble is channel 2j (part 0), the high one 2j+1 (part 1)
-            kc = tl.load(kc_base + offs_t[:, None] * stride_kc_t + offs_j[None, :], mask=m_t0, other=0)
-            vc = tl.load(vc_base + offs_t[:, None] * stride_vc_t + offs_j[None, :], mask=m_t0, other=0)
-            if BITS == 8:
-                c_k0 = kc
-                c_k1 = kc
-                c_v0 = vc
-                c_v1 = vc
-            else:
-                c_k0 = kc & 15
-                c_k1 = kc >> 4
-                c_v0 = vc & 15
-                c_v1 = vc >> 4
+            m_td = valid[:, None] & mask_d[None, :]
+            kc = _load_codes(kc_base, offs_t * stride_kc_t, valid, NB, BLOCK_D, BITS, FULL_D, D * BITS // 8)
+            vc = _load_codes(vc_base, offs_t * stride_vc_t, valid, NB, BLOCK_D, BITS, FULL_D, D * BITS // 8)
             if GROUP_K % BLOCK_T == 0:  # the tile lies in one key group: fold its scale and min into q
-                krow = ks_base + (t0 // GROUP_K) * stride_ks_g
-                kmrow = kmn_base + (t0 // GROUP_K) * stride_ks_g
-                ks0 = tl.load(krow + d0, mask=mask0, other=0.0).to(tl.float32)[None, :]
-                km0 = tl.load(kmrow + d0, mask=mask0, other=0.0).to(tl.float32)[None, :]
-                ks1 = tl.load(krow + d1, mask=mask1, other=0.0).to(tl.float32)[None, :]
-                km1 = tl.load(kmrow + d1, mask=mask1, other=0.0).to(tl.float32)[None, :]
-                bias = tl.sum(q0.to(tl.float32) * km0, axis=1)
-                if PARTS == 2:
-                    bias += tl.sum(q1.to(tl.float32) * km1, axis=1)
-                s = _scores((q0.to(tl.float32) * ks0).to(DT), (q1.to(tl.float32) * ks1).to(DT),
-                            c_k0.to(DT), c_k1.to(DT), PARTS, IEEE) + bias[:, None]
+                krow = (t0 // GROUP_K) * stride_ks_g + offs_d
+                ks = tl.load(ks_base + krow, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+                km = tl.load(kmn_base + krow, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+                bias = tl.sum(qf * km, axis=1)
+                s = _scores((qf * ks).to(DT), _codes_to(kc, DT, BITS), IEEE) + bias[:, None]
             else:
-                g_row = (offs_t // GROUP_K)[:, None] * stride_ks_g
-                ks0 = tl.load(ks_base + g_row + d0[None, :], mask=m_t0, other=0.0).to(tl.float32)
-                km0 = tl.load(kmn_base + g_row + d0[None, :], mask=m_t0, other=0.0).to(tl.float32)
-                ks1 = tl.load(ks_base + g_row + d1[None, :], mask=m_t1, other=0.0).to(tl.float32)
-                km1 = tl.load(kmn_base + g_row + d1[None, :], mask=m_t1, other=0.0).to(tl.float32)
-                s = _scores(q0, q1, (c_k0.to(tl.float32) * ks0 + km0).to(DT),
-                            (c_k1.to(tl.float32) * ks1 + km1).to(DT), PARTS, IEEE)
-            if V_ROWS:  # (BLOCK_T, GV) scales per token, broadcast over each group's GW channels in registers
+                g_row = (offs_t // GROUP_K)[:, None] * stride_ks_g + offs_d[None, :]
+                ks = tl.load(ks_base + g_row, mask=m_td, other=0.0).to(tl.float32)
+                km = tl.load(kmn_base + g_row, mask=m_td, other=0.0).to(tl.float32)
+                s = _scores(q, (_codes_to(kc, tl.float32, BITS) * ks + km).to(DT), IEEE)
+            if V_ROWS:  # (BLOCK_T, GV) scales per token, broadcast over each group's GROUP_V channels in registers
                 v_tile = offs_t[:, None] * stride_vs_t + tl.arange(0, GV)[None, :]
                 vs_t = tl.load(vs_base + v_tile, mask=valid[:, None], other=0.0).to(tl.float32)
                 vm_t = tl.load(vmn_base + v_tile, mask=valid[:, None], other=0.0).to(tl.float32)
-                vs0 = tl.reshape(tl.broadcast_to(vs_t[:, :, None], (BLOCK_T, GV, GW)), (BLOCK_T, W))
-                vm0 = tl.reshape(tl.broadcast_to(vm_t[:, :, None], (BLOCK_T, GV, GW)), (BLOCK_T, W))
-                vs1 = vs0
-                vm1 = vm0
+                vs = tl.reshape(tl.broadcast_to(vs_t[:, :, None], (BLOCK_T, GV, GROUP_V)), (BLOCK_T, BLOCK_D))
+                vm = tl.reshape(tl.broadcast_to(vm_t[:, :, None], (BLOCK_T, GV, GROUP_V)), (BLOCK_T, BLOCK_D))
             else:
-                v_row = offs_t[:, None] * stride_vs_t
-                vs0 = tl.load(vs_base + v_row + g0[None, :], mask=m_t0, other=0.0).to(tl.float32)
-                vm0 = tl.load(vmn_base + v_row + g0[None, :], mask=m_t0, other=0.0).to(tl.float32)
-                vs1 = tl.load(vs_base + v_row + g1[None, :], mask=m_t1, other=0.0).to(tl.float32)
-                vm1 = tl.load(vmn_base + v_row + g1[None, :], mask=m_t1, other=0.0).to(tl.float32)
-            v0 = (c_v0.to(tl.float32) * vs0 + vm0).to(DT)
-            v1 = (c_v1.to(tl.float32) * vs1 + vm1).to(DT)
+                v_col = offs_t[:, None] * stride_vs_t + (offs_d // GROUP_V)[None, :]
+                vs = tl.load(vs_base + v_col, mask=m_td, other=0.0).to(tl.float32)
+                vm = tl.load(vmn_base + v_col, mask=m_td, other=0.0).to(tl.float32)
+            v = (_codes_to(vc, tl.float32, BITS) * vs + vm).to(DT)
             p, alpha, m, l = _online_softmax(s, valid, m, l, sm_scale_log2)
-            acc0 = _pv(p, v0, acc0 * alpha[:, None], IEEE)
-            if PARTS == 2:
-                acc1 = _pv(p, v1, acc1 * alpha[:, None], IEEE)
+            acc = _pv(p, v, acc * alpha[:, None], IEEE)
     else:
-        # ---- residual split: full-precision keys and values, read as the same channel parts
+        # ---- residual split: full-precision keys and values
         start = (pid_s - NQ) * R_PER
         end = tl.minimum(start + R_PER, tl.load(r_len_ptr + b))
         kr_base = kr_ptr + bh64 * stride_r_bh
@@ -326,25 +318,18 @@ def _kv_decode_split_kernel(
         for t0 in range(start, end, BLOCK_T):
             offs_t = t0 + offs_tt
             valid = offs_t < end
-            m_t0 = valid[:, None] & mask0[None, :]
-            m_t1 = valid[:, None] & mask1[None, :]
-            row = offs_t[:, None] * stride_r_t
-            k0 = tl.load(kr_base + row + d0[None, :], mask=m_t0, other=0.0).to(DT)
-            v0 = tl.load(vr_base + row + d0[None, :], mask=m_t0, other=0.0).to(DT)
-            k1 = tl.load(kr_base + row + d1[None, :], mask=m_t1, other=0.0).to(DT)
-            v1 = tl.load(vr_base + row + d1[None, :], mask=m_t1, other=0.0).to(DT)
-            s = _scores(q0, q1, k0, k1, PARTS, IEEE)
+            m_td = valid[:, None] & mask_d[None, :]
+            row = offs_t[:, None] * stride_r_t + offs_d[None, :]
+            k = tl.load(kr_base + row, mask=m_td, other=0.0).to(DT)
+            v = tl.load(vr_base + row, mask=m_td, other=0.0).to(DT)
+            s = _scores(q, k, IEEE)
             p, alpha, m, l = _online_softmax(s, valid, m, l, sm_scale_log2)
-            acc0 = _pv(p, v0, acc0 * alpha[:, None], IEEE)
-            if PARTS == 2:
-                acc1 = _pv(p, v1, acc1 * alpha[:, None], IEEE)
+            acc = _pv(p, v, acc * alpha[:, None], IEEE)
     # ---- partial results: (B·Hq, n_splits) max and sum, (B·Hq, n_splits, D) output
     rows = (b * HKV * GROUP + heads).to(tl.int64) * n_splits + pid_s  # (GROUP_M,)
     tl.store(m_part_ptr + rows, m, mask=mask_g)
     tl.store(l_part_ptr + rows, l, mask=mask_g)
-    tl.store(o_part_ptr + rows[:, None] * D + d0[None, :], acc0, mask=mask_g[:, None] & mask0[None, :])
-    if PARTS == 2:
-        tl.store(o_part_ptr + rows[:, None] * D + d1[None, :], acc1, mask=mask_g[:, None] & mask1[None, :])
+    tl.store(o_part_ptr + rows[:, None] * D + offs_d[None, :], acc, mask=mask_g[:, None] & mask_d[None, :])
 
 
 @triton.jit
@@ -486,7 +471,7 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
 
     GROUP = Hq // Hkv
     GROUP_M = max(16, triton.next_power_of_2(GROUP))  # tl.dot needs at least 16 rows: pad the query heads
-    BLOCK_D = max(32, triton.next_power_of_2(D))  # 4-bit parts of BLOCK_D / 2 ≥ 16 channels feed tl.dot
+    BLOCK_D = max(16, triton.next_power_of_2(D))  # tl.dot needs at least 16 channels
     # 64-token tiles: on the H200 they beat 32-token tiles inside one key group (whose scales fold into q) even
     # when a tile spans two key groups of 32 (the tune sweep); smaller only when no multiple of 16 key rows fits
     BLOCK_T = block_t or 64
@@ -527,7 +512,7 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
         T * (D * bits // 8), D * bits // 8, T * (D // group_v), D // group_v, R * D, D,
         GROUP=GROUP, GROUP_M=GROUP_M, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, BITS=bits, GROUP_K=group_k, GROUP_V=group_v,
         IEEE=q.dtype == torch.float32 or upcast, UPCAST=upcast, num_warps=num_warps or NUM_WARPS,
-        V_ROWS=(BLOCK_D == D and group_v & (group_v - 1) == 0 and group_v % (2 if bits == 4 else 1) == 0),
+        V_ROWS=(BLOCK_D == D and group_v & (group_v - 1) == 0), FULL_D=BLOCK_D == D,
     )
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
     _kv_decode_combine_kernel[(B * Hq,)](
