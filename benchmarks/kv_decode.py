@@ -145,7 +145,7 @@ def run_config(B, ctx, bw, check: bool) -> list[dict]:
 
 def tune(bw) -> list[dict]:
     out = []
-    for B, ctx in ((1, 32768), (32, 32768), (1, 131072)):
+    for B, ctx in ((1, 131072), (8, 32768), (32, 32768)):
         T, R = ctx - RESIDUAL, RESIDUAL
         k = torch.randn(B, HKV, T, D, device="cuda", dtype=torch.float16)
         q = torch.randn(B, HQ, D, device="cuda", dtype=torch.float16)
@@ -155,20 +155,22 @@ def tune(bw) -> list[dict]:
         for bits in (8, 4):
             kc, ks, kmn, vc, vs, vmn = kd.quantize_kv_ref(k, k, bits=bits, group_k=GROUP_K, group_v=GROUP_V)
             nbytes = bytes_quant(B, T, R, bits)
-            for block_t, splits, warps in itertools.product((16, 32, 64), (None, 16, 64, 256), (4, 8)):
+            for block_t, splits, warps, stages in itertools.product((32, 64, 128), (None,), (4, 8), (2, 3, 4)):
                 def run():
                     return kd.kv_decode_attention(q, kc, ks, kmn, vc, vs, vmn, res, res, *lens, bits=bits,
                                                   group_k=GROUP_K, group_v=GROUP_V, block_t=block_t,
-                                                  num_splits=splits, max_len=(T, R), num_warps=warps)
+                                                  num_splits=splits, max_len=(T, R), num_warps=warps,
+                                                  num_stages=stages)
                 try:
                     run()
                     us = time_us(run)
                     out.append({"batch": B, "context": ctx, "bits": bits, "block_t": block_t,
-                                "num_splits": splits, "num_warps": warps, "us": us,
+                                "num_splits": splits, "num_warps": warps, "num_stages": stages, "us": us,
                                 "fraction_of_copy_bw": nbytes / (us * 1e-6) / bw})
                 except Exception as exc:  # noqa: BLE001
                     out.append({"batch": B, "context": ctx, "bits": bits, "block_t": block_t,
-                                "num_splits": splits, "num_warps": warps, "error": repr(exc)[:200]})
+                                "num_splits": splits, "num_warps": warps, "num_stages": stages,
+                                "error": repr(exc)[:200]})
         del k, q, res
         torch.cuda.empty_cache()
     return out
@@ -203,7 +205,8 @@ def main() -> None:
         "copy_bandwidth_bytes_per_s": bw,
         "settings": {"group_k": GROUP_K, "group_v": GROUP_V, "residual": RESIDUAL, "timing": "do_bench_cudagraph median",
                      "programs_per_sm": kd.PROGRAMS_PER_SM, "min_tiles_per_split": kd.MIN_TILES_PER_SPLIT,
-                     "tokens_per_split": kd.TOKENS_PER_SPLIT, "num_warps": kd.NUM_WARPS},
+                     "tokens_per_split": kd.TOKENS_PER_SPLIT, "num_warps": kd.NUM_WARPS,
+                     "num_stages": kd.NUM_STAGES},
         "rows": rows,
     }
     if a.tune:

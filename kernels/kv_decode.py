@@ -298,15 +298,19 @@ def _kv_decode_split_kernel(
                 s = _scores(q, (_codes_to(kc, tl.float32, BITS) * ks + km).to(DT), IEEE)
             if V_ROWS:  # (BLOCK_T, GV) scales per token, broadcast over each group's GROUP_V channels in registers
                 v_tile = offs_t[:, None] * stride_vs_t + tl.arange(0, GV)[None, :]
-                vs_t = tl.load(vs_base + v_tile, mask=valid[:, None], other=0.0).to(tl.float32)
-                vm_t = tl.load(vmn_base + v_tile, mask=valid[:, None], other=0.0).to(tl.float32)
+                vs_t = tl.load(vs_base + v_tile, mask=valid[:, None], other=0.0)
+                vm_t = tl.load(vmn_base + v_tile, mask=valid[:, None], other=0.0)
                 vs = tl.reshape(tl.broadcast_to(vs_t[:, :, None], (BLOCK_T, GV, GROUP_V)), (BLOCK_T, BLOCK_D))
                 vm = tl.reshape(tl.broadcast_to(vm_t[:, :, None], (BLOCK_T, GV, GROUP_V)), (BLOCK_T, BLOCK_D))
             else:
                 v_col = offs_t[:, None] * stride_vs_t + (offs_d // GROUP_V)[None, :]
-                vs = tl.load(vs_base + v_col, mask=m_td, other=0.0).to(tl.float32)
-                vm = tl.load(vmn_base + v_col, mask=m_td, other=0.0).to(tl.float32)
-            v = (_codes_to(vc, tl.float32, BITS) * vs + vm).to(DT)
+                vs = tl.load(vs_base + v_col, mask=m_td, other=0.0)
+                vm = tl.load(vmn_base + v_col, mask=m_td, other=0.0)
+            if DT == tl.float16 and vs.dtype == tl.float16:
+                # one fp16 fma rounds the exact code·scale + min once: no float32 detour needed
+                v = tl.fma(_codes_to(vc, DT, BITS), vs, vm)
+            else:
+                v = (_codes_to(vc, tl.float32, BITS) * vs.to(tl.float32) + vm.to(tl.float32)).to(DT)
             p, alpha, m, l = _online_softmax(s, valid, m, l, sm_scale_log2)
             acc = _pv(p, v, acc * alpha[:, None], IEEE)
     else:
@@ -371,8 +375,9 @@ def _kv_decode_combine_kernel(
 PROGRAMS_PER_SM = 4
 TOKENS_PER_SPLIT = 2048
 MIN_TILES_PER_SPLIT = 4
-# warps per split program
+# warps per split program, and the depth of its software pipeline (loads of the next tiles in flight)
 NUM_WARPS = 4
+NUM_STAGES = 3
 # the interpreter runs programs one after the other: few splits keep the tests fast
 INTERPRETER_MAX_SPLITS = 4
 
@@ -388,14 +393,16 @@ def _region_splits(n_tokens: int, per_region: int, block_t: int) -> tuple[int, i
 def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res, v_res, k_len, r_len, *,
                         bits: int, group_k: int, group_v: int, sm_scale: float | None = None,
                         num_splits: int | None = None, block_t: int | None = None,
-                        max_len: tuple[int, int] | None = None, num_warps: int | None = None) -> torch.Tensor:
+                        max_len: tuple[int, int] | None = None, num_warps: int | None = None,
+                        num_stages: int | None = None) -> torch.Tensor:
     """One decode step of attention over a quantized + residual KV cache -> (B, Hq, D) in ``q.dtype``.
 
     ``num_splits``: the number of pieces each non-empty region (quantized tokens, residual
     tokens) is cut into — at most, as each piece covers whole BLOCK_T tiles; None picks
     about ``PROGRAMS_PER_SM`` programs per SM on CUDA (few in the interpreter).
     ``block_t``: tokens per loop step (a power of two ≥ 16); None picks by head dim and GQA group.
-    ``num_warps``: warps per split program (None: ``NUM_WARPS``).
+    ``num_warps``: warps per split program (None: ``NUM_WARPS``); ``num_stages``: software-pipelining depth of
+    the token loop (None: ``NUM_STAGES``).
     ``k_res``/``v_res`` may be None (no residual window; ``r_len`` must then be all zero).
     Lengths are read back to the host to check them and to size the splits, which a CUDA graph
     capture cannot do: a server that knows its longest sequences passes ``max_len=(max k_len, max r_len)``
@@ -466,6 +473,8 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
     check(block_t is None or (isinstance(block_t, int) and block_t >= 16 and block_t & (block_t - 1) == 0),
           f"block_t={block_t!r}: allowed None or a power of two ≥ 16")
     check(num_warps is None or num_warps in (1, 2, 4, 8, 16), f"num_warps={num_warps!r}: allowed None, 1, 2, 4, 8 or 16")
+    check(num_stages is None or (isinstance(num_stages, int) and 1 <= num_stages <= 8),
+          f"num_stages={num_stages!r}: allowed None or 1 … 8")
     if B == 0 or Hq == 0:
         return torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
 
@@ -512,6 +521,7 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
         T * (D * bits // 8), D * bits // 8, T * (D // group_v), D // group_v, R * D, D,
         GROUP=GROUP, GROUP_M=GROUP_M, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, BITS=bits, GROUP_K=group_k, GROUP_V=group_v,
         IEEE=q.dtype == torch.float32 or upcast, UPCAST=upcast, num_warps=num_warps or NUM_WARPS,
+        num_stages=num_stages or NUM_STAGES,
         V_ROWS=(BLOCK_D == D and group_v & (group_v - 1) == 0), FULL_D=BLOCK_D == D,
     )
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)

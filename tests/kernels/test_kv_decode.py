@@ -188,6 +188,8 @@ def test_bad_input_is_reported():
     raises(r"k_res and v_res must both be given", v_res=None)
     raises(r"num_splits=0", num_splits=0)
     raises(r"block_t=24", block_t=24)
+    raises(r"num_warps=3: allowed None, 1, 2, 4, 8 or 16", num_warps=3)
+    raises(r"num_stages=0: allowed None or 1 … 8", num_stages=0)
     raises(r"max_len\[0\]=96: allowed a multiple of group_k=32 in 0 … T=64", max_len=(96, 8))
     raises(r"max_len\[1\]=9: allowed 0 … R=8", max_len=(64, 9))
     raises(r"max_len=\[64, 8\]: allowed None or a pair of ints", max_len=[64, 8])
