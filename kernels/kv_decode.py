@@ -196,6 +196,15 @@ def _codes_to(c, DT: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
+def _dequant(c, scale, mn, DT: tl.constexpr, BITS: tl.constexpr):
+    """codes · scale + mn in DT. fp16 with fp16 scales: one fp16 fma (packed two to an instruction), which rounds
+    the exact code · scale + min once; otherwise in float32, then one cast."""
+    if DT == tl.float16 and scale.dtype == tl.float16:
+        return tl.fma(_codes_to(c, DT, BITS), scale, mn)
+    return (_codes_to(c, tl.float32, BITS) * scale.to(tl.float32) + mn.to(tl.float32)).to(DT)
+
+
+@triton.jit
 def _load_codes(ptr, rows, valid, NB: tl.constexpr, BLOCK_D: tl.constexpr, BITS: tl.constexpr,
                 FULL_D: tl.constexpr, NBYTES):
     """A (BLOCK_T, BLOCK_D) tile of integer codes from (BLOCK_T, NB) bytes: 4-bit bytes hold channel 2j in the low
@@ -224,7 +233,7 @@ def _kv_decode_split_kernel(
     # meta-parameters
     GROUP: tl.constexpr, GROUP_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     BITS: tl.constexpr, GROUP_K: tl.constexpr, GROUP_V: tl.constexpr, IEEE: tl.constexpr,
-    UPCAST: tl.constexpr, V_ROWS: tl.constexpr, FULL_D: tl.constexpr,
+    UPCAST: tl.constexpr, V_ROWS: tl.constexpr, K_ROWS: tl.constexpr, FULL_D: tl.constexpr,
 ):
     """One (sequence, KV head) pair, its GROUP query heads (padded to GROUP_M ≥ 16 rows for tl.dot), one split.
 
@@ -241,6 +250,8 @@ def _kv_decode_split_kernel(
     * ``V_ROWS``: each token's few value scales (D / GROUP_V of them) are loaded once as a (BLOCK_T, D / GROUP_V)
       tile and broadcast across their channels in registers, instead of one gathered load per element
       (needs D and GROUP_V powers of two, D = BLOCK_D; the launcher decides);
+    * ``K_ROWS``: a tile of whole key groups (BLOCK_T a multiple of GROUP_K) loads its BLOCK_T / GROUP_K key-scale
+      rows once and broadcasts them over their tokens, likewise;
     * ``FULL_D`` (D = BLOCK_D): no channel mask, so the loads are as wide as the rows allow.
     """
     NB: tl.constexpr = BLOCK_D * BITS // 8  # bytes of one token's codes (BLOCK_D channels)
@@ -292,10 +303,19 @@ def _kv_decode_split_kernel(
                 bias = tl.sum(qf * km, axis=1)
                 s = _scores((qf * ks).to(DT), _codes_to(kc, DT, BITS), IEEE) + bias[:, None]
             else:
-                g_row = (offs_t // GROUP_K)[:, None] * stride_ks_g + offs_d[None, :]
-                ks = tl.load(ks_base + g_row, mask=m_td, other=0.0).to(tl.float32)
-                km = tl.load(kmn_base + g_row, mask=m_td, other=0.0).to(tl.float32)
-                s = _scores(q, (_codes_to(kc, tl.float32, BITS) * ks + km).to(DT), IEEE)
+                if K_ROWS:  # whole key groups per tile: (BLOCK_T / GROUP_K, D) scale rows broadcast over their tokens
+                    NG: tl.constexpr = BLOCK_T // GROUP_K
+                    g_row = ((t0 // GROUP_K) + tl.arange(0, NG))[:, None] * stride_ks_g + offs_d[None, :]
+                    g_ok = (t0 + tl.arange(0, NG) * GROUP_K < end)[:, None] & mask_d[None, :]
+                    ks_g = tl.load(ks_base + g_row, mask=g_ok, other=0.0)
+                    km_g = tl.load(kmn_base + g_row, mask=g_ok, other=0.0)
+                    ks = tl.reshape(tl.broadcast_to(ks_g[:, None, :], (NG, GROUP_K, BLOCK_D)), (BLOCK_T, BLOCK_D))
+                    km = tl.reshape(tl.broadcast_to(km_g[:, None, :], (NG, GROUP_K, BLOCK_D)), (BLOCK_T, BLOCK_D))
+                else:
+                    g_row = (offs_t // GROUP_K)[:, None] * stride_ks_g + offs_d[None, :]
+                    ks = tl.load(ks_base + g_row, mask=m_td, other=0.0)
+                    km = tl.load(kmn_base + g_row, mask=m_td, other=0.0)
+                s = _scores(q, _dequant(kc, ks, km, DT, BITS), IEEE)
             if V_ROWS:  # (BLOCK_T, GV) scales per token, broadcast over each group's GROUP_V channels in registers
                 v_tile = offs_t[:, None] * stride_vs_t + tl.arange(0, GV)[None, :]
                 vs_t = tl.load(vs_base + v_tile, mask=valid[:, None], other=0.0)
@@ -306,11 +326,7 @@ def _kv_decode_split_kernel(
                 v_col = offs_t[:, None] * stride_vs_t + (offs_d // GROUP_V)[None, :]
                 vs = tl.load(vs_base + v_col, mask=m_td, other=0.0)
                 vm = tl.load(vmn_base + v_col, mask=m_td, other=0.0)
-            if DT == tl.float16 and vs.dtype == tl.float16:
-                # one fp16 fma rounds the exact code·scale + min once: no float32 detour needed
-                v = tl.fma(_codes_to(vc, DT, BITS), vs, vm)
-            else:
-                v = (_codes_to(vc, tl.float32, BITS) * vs.to(tl.float32) + vm.to(tl.float32)).to(DT)
+            v = _dequant(vc, vs, vm, DT, BITS)
             p, alpha, m, l = _online_softmax(s, valid, m, l, sm_scale_log2)
             acc = _pv(p, v, acc * alpha[:, None], IEEE)
     else:
@@ -319,7 +335,9 @@ def _kv_decode_split_kernel(
         end = tl.minimum(start + R_PER, tl.load(r_len_ptr + b))
         kr_base = kr_ptr + bh64 * stride_r_bh
         vr_base = vr_ptr + bh64 * stride_r_bh
-        for t0 in range(start, end, BLOCK_T):
+        # not pipelined: a residual window is a few tiles, and staging its fp16 tiles in shared memory would size
+        # every program's shared memory (both branches are one kernel) and so cut the programs an SM holds
+        for t0 in tl.range(start, end, BLOCK_T, num_stages=1):
             offs_t = t0 + offs_tt
             valid = offs_t < end
             m_td = valid[:, None] & mask_d[None, :]
@@ -523,6 +541,7 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
         IEEE=q.dtype == torch.float32 or upcast, UPCAST=upcast, num_warps=num_warps or NUM_WARPS,
         num_stages=num_stages or NUM_STAGES,
         V_ROWS=(BLOCK_D == D and group_v & (group_v - 1) == 0), FULL_D=BLOCK_D == D,
+        K_ROWS=BLOCK_T % group_k == 0 and group_k & (group_k - 1) == 0,
     )
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
     _kv_decode_combine_kernel[(B * Hq,)](

@@ -65,6 +65,16 @@ def test_value_scales_broadcast_per_token(bits, group_v):
     _check(args, meta, RTOL[torch.float16])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("group_k", [16, 32], ids=lambda g: f"gk{g}")
+@pytest.mark.parametrize("bits", [8, 4], ids=lambda b: f"{b}bit")
+def test_key_scale_rows_broadcast(bits, group_k, dtype):
+    """64-token tiles holding 4 or 2 key groups: each group's scale row loaded once and broadcast over its tokens;
+    k_len = 96 and 48 end inside a tile (the groups past the end are masked)."""
+    args, meta = _cache(D=128, bits=bits, group_k=group_k, group_v=32, T=192, k_len=(192, 48, 96), dtype=dtype)
+    _check(args, meta, RTOL[dtype], block_t=64)
+
+
 @pytest.mark.parametrize("bits", [8, 4], ids=lambda b: f"{b}bit")
 def test_bfloat16(bits):
     args, meta = _cache(bits=bits, dtype=torch.bfloat16, Hq=4, Hkv=4, D=64)
@@ -73,11 +83,14 @@ def test_bfloat16(bits):
 
 @pytest.mark.parametrize("bits", [8, 4], ids=lambda b: f"{b}bit")
 def test_splits_agree(bits):
-    """One split per region and several: T = 160 is not a multiple of BLOCK_T = 64, group_k = 32 straddles tiles."""
+    """One split per region and several, at the same tile size (so the same dequantization path: only the order of
+    the float32 sums differs); and 64-token tiles, where T = 160 is not a multiple of BLOCK_T and a tile holds two
+    key groups of 32 (their scale rows broadcast, not folded into q as in 16-token tiles)."""
     args, meta = _cache(T=160, R=24, bits=bits, k_len=(160, 0, 96), r_len=(7, 24, 0), group_v=40)
-    one = _check(args, meta, RTOL[torch.float16], num_splits=1, block_t=64)
+    one = _check(args, meta, RTOL[torch.float16], num_splits=1, block_t=16)
     several = _check(args, meta, RTOL[torch.float16], num_splits=3, block_t=16)
     assert rel_err(one, several) < RTOL_SPLITS
+    _check(args, meta, RTOL[torch.float16], num_splits=1, block_t=64)
 
 
 def test_no_residual_window():
