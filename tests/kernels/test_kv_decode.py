@@ -70,8 +70,8 @@ def test_value_scales_broadcast_per_token(bits, group_v):
 @pytest.mark.parametrize("bits", [8, 4], ids=lambda b: f"{b}bit")
 def test_key_scale_rows_broadcast(bits, group_k, dtype):
     """64-token tiles holding 4 or 2 key groups: each group's scale row loaded once and broadcast over its tokens;
-    k_len = 96 and 48 end inside a tile (the groups past the end are masked)."""
-    args, meta = _cache(D=128, bits=bits, group_k=group_k, group_v=32, T=192, k_len=(192, 48, 96), dtype=dtype)
+    k_len = 96 and 32 end inside a tile (the groups past the end are masked)."""
+    args, meta = _cache(D=128, bits=bits, group_k=group_k, group_v=32, T=192, k_len=(192, 32, 96), dtype=dtype)
     _check(args, meta, RTOL[dtype], block_t=64)
 
 
