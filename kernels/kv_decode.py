@@ -179,45 +179,72 @@ def _online_softmax(s, valid, m, l, sm_scale_log2):
 
 
 @triton.jit
-def _codes_to(c, DT: tl.constexpr, BITS: tl.constexpr):
-    """Integer codes (any int dtype, 0 … 2^BITS − 1) -> DT, exactly, without the slow int-to-float conversion.
+def _codes_to(m, DT: tl.constexpr):
+    """The fp16 bit patterns 0x6400 | code of ``_load_codes`` -> the codes in DT, exactly.
 
-    The code is written into the mantissa of a float whose exponent makes one mantissa step equal 1 (fp16 0x6400 =
-    1024, bf16 0x4300 = 128, fp32 0x4B000000 = 2^23), and that float's integer part is subtracted: an integer OR
-    and one float subtraction per value instead of a quarter-rate I2F conversion.
+    0x6400 is 1024.0 in fp16, whose mantissa step is 1: the pattern is the float 1024 + code, so one subtraction
+    (packed two to an fp16 instruction) stands in for a quarter-rate int-to-float conversion. Codes ≤ 255 are
+    exact in fp16, bf16 and fp32 alike, so other dtypes convert from fp16.
     """
-    if DT == tl.float16:
-        return (c.to(tl.int16) | 0x6400).to(tl.float16, bitcast=True) - 1024.0
-    elif DT == tl.bfloat16 and BITS == 4:
-        return (c.to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True) - 128.0
-    else:
-        f = (c.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-        return f.to(DT)
+    h = m.to(tl.float16, bitcast=True) - 1024.0
+    if DT != tl.float16:
+        h = h.to(DT)
+    return h
 
 
 @triton.jit
-def _dequant(c, scale, mn, DT: tl.constexpr, BITS: tl.constexpr):
+def _dequant(m, scale, mn, DT: tl.constexpr):
     """codes · scale + mn in DT. fp16 with fp16 scales: one fp16 fma (packed two to an instruction), which rounds
     the exact code · scale + min once; otherwise in float32, then one cast."""
     if DT == tl.float16 and scale.dtype == tl.float16:
-        return tl.fma(_codes_to(c, DT, BITS), scale, mn)
-    return (_codes_to(c, tl.float32, BITS) * scale.to(tl.float32) + mn.to(tl.float32)).to(DT)
+        return tl.fma(_codes_to(m, DT), scale, mn)
+    return (_codes_to(m, tl.float32) * scale.to(tl.float32) + mn.to(tl.float32)).to(DT)
 
 
 @triton.jit
-def _load_codes(ptr, rows, valid, NB: tl.constexpr, BLOCK_D: tl.constexpr, BITS: tl.constexpr,
-                FULL_D: tl.constexpr, NBYTES):
-    """A (BLOCK_T, BLOCK_D) tile of integer codes from (BLOCK_T, NB) bytes: 4-bit bytes hold channel 2j in the low
-    nibble and 2j+1 in the high one, which tl.join + reshape put back in channel order."""
-    offs_b = tl.arange(0, NB)
+def _halves(x):
+    """(…,) int32 -> (…, 2) int16: its low and high 16 bits."""
+    return tl.join(x.to(tl.int16), (x >> 16).to(tl.int16))
+
+
+@triton.jit
+def _load_codes(ptr, rows, valid, BLOCK_D: tl.constexpr, BITS: tl.constexpr, WORDS: tl.constexpr,
+                FULL_D: tl.constexpr, n_units):
+    """A (BLOCK_T, BLOCK_D) int16 tile of fp16 bit patterns 0x6400 | code (see ``_codes_to``), in channel order.
+
+    Codes are little-endian within a byte (4 bits: channel 2j in the low nibble of byte j) and bytes within a
+    32-bit word. ``WORDS`` (a row's bytes a multiple of 4; ``ptr`` then points at int32 words): each word is
+    unpacked by shifts and masks on 32 bits, two fp16 patterns per operation — 4 bits: (w >> 4i) & 0x000F000F holds
+    channels i and i + 4 of the word's eight, 8 bits: (w >> 8i) & 0x00FF00FF channels i and i + 2 — and
+    tl.join puts the halves back in channel order. Otherwise bytes, one code (or two nibbles) at a time.
+    ``n_units``: the row's words (or bytes) when not FULL_D.
+    """
+    PER: tl.constexpr = 32 // BITS if WORDS else 8 // BITS  # codes per loaded unit
+    offs = tl.arange(0, BLOCK_D // PER)
     if FULL_D:
         mask = valid[:, None]
     else:
-        mask = valid[:, None] & (offs_b < NBYTES)[None, :]
-    c = tl.load(ptr + rows[:, None] + offs_b[None, :], mask=mask, other=0).to(tl.int16)
-    if BITS == 4:
-        c = tl.reshape(tl.join(c & 15, c >> 4), (c.shape[0], BLOCK_D))
-    return c
+        mask = valid[:, None] & (offs < n_units)[None, :]
+    w = tl.load(ptr + rows[:, None] + offs[None, :], mask=mask, other=0)
+    BT: tl.constexpr = w.shape[0]
+    if WORDS:
+        if BITS == 4:
+            a = _halves((w & 0x000F000F) | 0x64006400)  # channels 0, 4
+            b = _halves(((w >> 4) & 0x000F000F) | 0x64006400)  # 1, 5
+            c = _halves(((w >> 8) & 0x000F000F) | 0x64006400)  # 2, 6
+            d = _halves(((w >> 12) & 0x000F000F) | 0x64006400)  # 3, 7
+            # (half h, s, t) -> channel 4h + 2s + t: join adds the fastest axis
+            m = tl.reshape(tl.join(tl.join(a, c), tl.join(b, d)), (BT, BLOCK_D))
+        else:
+            a = _halves((w & 0x00FF00FF) | 0x64006400)  # channels 0, 2
+            b = _halves(((w >> 8) & 0x00FF00FF) | 0x64006400)  # 1, 3
+            m = tl.reshape(tl.join(a, b), (BT, BLOCK_D))
+    else:
+        c = w.to(tl.int16)
+        if BITS == 4:
+            c = tl.reshape(tl.join(c & 15, c >> 4), (BT, BLOCK_D))
+        m = c | 0x6400
+    return m
 
 
 @triton.jit
@@ -233,7 +260,7 @@ def _kv_decode_split_kernel(
     # meta-parameters
     GROUP: tl.constexpr, GROUP_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     BITS: tl.constexpr, GROUP_K: tl.constexpr, GROUP_V: tl.constexpr, IEEE: tl.constexpr,
-    UPCAST: tl.constexpr, V_ROWS: tl.constexpr, K_ROWS: tl.constexpr, FULL_D: tl.constexpr,
+    UPCAST: tl.constexpr, V_ROWS: tl.constexpr, K_ROWS: tl.constexpr, FULL_D: tl.constexpr, WORDS: tl.constexpr,
 ):
     """One (sequence, KV head) pair, its GROUP query heads (padded to GROUP_M ≥ 16 rows for tl.dot), one split.
 
@@ -254,7 +281,7 @@ def _kv_decode_split_kernel(
       rows once and broadcasts them over their tokens, likewise;
     * ``FULL_D`` (D = BLOCK_D): no channel mask, so the loads are as wide as the rows allow.
     """
-    NB: tl.constexpr = BLOCK_D * BITS // 8  # bytes of one token's codes (BLOCK_D channels)
+    N_UNITS = D * BITS // (32 if WORDS else 8)  # words (or bytes) of one token's codes
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
     n_splits = tl.num_programs(1)
@@ -294,14 +321,14 @@ def _kv_decode_split_kernel(
             offs_t = t0 + offs_tt
             valid = offs_t < end
             m_td = valid[:, None] & mask_d[None, :]
-            kc = _load_codes(kc_base, offs_t * stride_kc_t, valid, NB, BLOCK_D, BITS, FULL_D, D * BITS // 8)
-            vc = _load_codes(vc_base, offs_t * stride_vc_t, valid, NB, BLOCK_D, BITS, FULL_D, D * BITS // 8)
+            kc = _load_codes(kc_base, offs_t * stride_kc_t, valid, BLOCK_D, BITS, WORDS, FULL_D, N_UNITS)
+            vc = _load_codes(vc_base, offs_t * stride_vc_t, valid, BLOCK_D, BITS, WORDS, FULL_D, N_UNITS)
             if GROUP_K % BLOCK_T == 0:  # the tile lies in one key group: fold its scale and min into q
                 krow = (t0 // GROUP_K) * stride_ks_g + offs_d
                 ks = tl.load(ks_base + krow, mask=mask_d, other=0.0).to(tl.float32)[None, :]
                 km = tl.load(kmn_base + krow, mask=mask_d, other=0.0).to(tl.float32)[None, :]
                 bias = tl.sum(qf * km, axis=1)
-                s = _scores((qf * ks).to(DT), _codes_to(kc, DT, BITS), IEEE) + bias[:, None]
+                s = _scores((qf * ks).to(DT), _codes_to(kc, DT), IEEE) + bias[:, None]
             else:
                 if K_ROWS:  # whole key groups per tile: (BLOCK_T / GROUP_K, D) scale rows broadcast over their tokens
                     NG: tl.constexpr = BLOCK_T // GROUP_K
@@ -315,7 +342,7 @@ def _kv_decode_split_kernel(
                     g_row = (offs_t // GROUP_K)[:, None] * stride_ks_g + offs_d[None, :]
                     ks = tl.load(ks_base + g_row, mask=m_td, other=0.0)
                     km = tl.load(kmn_base + g_row, mask=m_td, other=0.0)
-                s = _scores(q, _dequant(kc, ks, km, DT, BITS), IEEE)
+                s = _scores(q, _dequant(kc, ks, km, DT), IEEE)
             if V_ROWS:  # (BLOCK_T, GV) scales per token, broadcast over each group's GROUP_V channels in registers
                 v_tile = offs_t[:, None] * stride_vs_t + tl.arange(0, GV)[None, :]
                 vs_t = tl.load(vs_base + v_tile, mask=valid[:, None], other=0.0)
@@ -326,7 +353,7 @@ def _kv_decode_split_kernel(
                 v_col = offs_t[:, None] * stride_vs_t + (offs_d // GROUP_V)[None, :]
                 vs = tl.load(vs_base + v_col, mask=m_td, other=0.0)
                 vm = tl.load(vmn_base + v_col, mask=m_td, other=0.0)
-            v = _dequant(vc, vs, vm, DT, BITS)
+            v = _dequant(vc, vs, vm, DT)
             p, alpha, m, l = _online_softmax(s, valid, m, l, sm_scale_log2)
             acc = _pv(p, v, acc * alpha[:, None], IEEE)
     else:
@@ -529,19 +556,25 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
     if R == 0:
         k_res = v_res = torch.zeros(1, dtype=q.dtype, device=q.device)
 
+    # a row of a multiple of 4 bytes is read as int32 words and unpacked two fp16 patterns per operation
+    nb = D * bits // 8
+    words = nb % 4 == 0 and all(t.numel() == 0 or t.data_ptr() % 4 == 0 for t in (k_codes, v_codes))
+    unit = 4 if words else 1
+    if words:
+        k_codes, v_codes = k_codes.view(torch.int32), v_codes.view(torch.int32)
     o_part = torch.empty(B * Hq, n_splits, D, dtype=torch.float32, device=q.device)
     m_part = torch.empty(B * Hq, n_splits, dtype=torch.float32, device=q.device)
     l_part = torch.empty(B * Hq, n_splits, dtype=torch.float32, device=q.device)
     _kv_decode_split_kernel[(B * Hkv, n_splits)](
         q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res, v_res, k_len, r_len, o_part, m_part, l_part,
         Hkv, D, n_q, q_per, r_per, sm_scale * math.log2(math.e),
-        Hq * D, D, T * (D * bits // 8), D * bits // 8, (T // group_k) * D, D,
-        T * (D * bits // 8), D * bits // 8, T * (D // group_v), D // group_v, R * D, D,
+        Hq * D, D, T * nb // unit, nb // unit, (T // group_k) * D, D,
+        T * nb // unit, nb // unit, T * (D // group_v), D // group_v, R * D, D,
         GROUP=GROUP, GROUP_M=GROUP_M, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, BITS=bits, GROUP_K=group_k, GROUP_V=group_v,
         IEEE=q.dtype == torch.float32 or upcast, UPCAST=upcast, num_warps=num_warps or NUM_WARPS,
         num_stages=num_stages or NUM_STAGES,
         V_ROWS=(BLOCK_D == D and group_v & (group_v - 1) == 0), FULL_D=BLOCK_D == D,
-        K_ROWS=BLOCK_T % group_k == 0 and group_k & (group_k - 1) == 0,
+        K_ROWS=BLOCK_T % group_k == 0 and group_k & (group_k - 1) == 0, WORDS=words,
     )
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
     _kv_decode_combine_kernel[(B * Hq,)](
