@@ -155,7 +155,7 @@ def tune(bw) -> list[dict]:
         for bits in (8, 4):
             kc, ks, kmn, vc, vs, vmn = kd.quantize_kv_ref(k, k, bits=bits, group_k=GROUP_K, group_v=GROUP_V)
             nbytes = bytes_quant(B, T, R, bits)
-            for block_t, splits, warps, stages in itertools.product((32, 64, 128), (None,), (4, 8), (2, 3, 4)):
+            for block_t, splits, warps, stages in itertools.product((64, 128), (None,), (4, 8), (2, 3)):
                 def run():
                     return kd.kv_decode_attention(q, kc, ks, kmn, vc, vs, vmn, res, res, *lens, bits=bits,
                                                   group_k=GROUP_K, group_v=GROUP_V, block_t=block_t,

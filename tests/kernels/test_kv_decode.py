@@ -75,6 +75,25 @@ def test_key_scale_rows_broadcast(bits, group_k, dtype):
     _check(args, meta, RTOL[dtype], block_t=64)
 
 
+@pytest.mark.parametrize("bits,D", [(8, 70), (4, 68)], ids=["8bit-D70", "4bit-D68"])
+def test_rows_not_whole_words_read_as_bytes(bits, D):
+    """A token's codes of 70 or 34 bytes (not a multiple of 4) are read byte by byte, not as int32 words."""
+    args, meta = _cache(D=D, bits=bits, group_v=D // 2)
+    _check(args, meta, RTOL[torch.float16])
+
+
+def test_codes_at_an_odd_address_read_as_bytes():
+    """Codes that start off a 4-byte boundary (a view into a larger buffer) cannot be read as words."""
+    args, meta = _cache(D=64, bits=4)
+    for name in ("k_codes", "v_codes"):
+        t = args[name]
+        buf = torch.zeros(t.numel() + 1, dtype=torch.uint8, device=t.device)
+        buf[1:] = t.flatten()
+        args[name] = buf[1:].view(t.shape)
+        assert args[name].data_ptr() % 4 != 0
+    _check(args, meta, RTOL[torch.float16])
+
+
 @pytest.mark.parametrize("bits", [8, 4], ids=lambda b: f"{b}bit")
 def test_bfloat16(bits):
     args, meta = _cache(bits=bits, dtype=torch.bfloat16, Hq=4, Hkv=4, D=64)
