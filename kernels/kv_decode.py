@@ -415,8 +415,10 @@ def _kv_decode_combine_kernel(
 
 # On CUDA a region is cut into max(tokens / TOKENS_PER_SPLIT, PROGRAMS_PER_SM · SMs / (B · Hkv)) splits — long
 # splits amortise each program's start and partial write, enough programs fill the SMs — but no split gets fewer
-# than MIN_TILES_PER_SPLIT tiles. (The H200 sweep in benchmarks/results/kv_decode_tune_h200.json: the best
-# split counts were 64 at B = 1 and 16 at B = 32, 2,048 tokens per split, with 64-token tiles.)
+# than MIN_TILES_PER_SPLIT tiles. (The second version's H200 sweep — in the git history as
+# benchmarks/results/kv_decode_tune_h200.json — found best split counts of 64 at B = 1 and 16 at B = 32, about 2,048
+# tokens per split; the third version's, the "tune" of benchmarks/results/kv_decode_h200.json, kept 64-token tiles,
+# 4 warps and 3 pipeline stages.)
 PROGRAMS_PER_SM = 4
 TOKENS_PER_SPLIT = 2048
 MIN_TILES_PER_SPLIT = 4
