@@ -11,8 +11,14 @@ Perplexity: ``--windows`` non-overlapping windows of ``--ctx`` tokens from the s
 through the cache ``--chunk`` tokens at a time (each chunk attends to itself in full precision and to every older
 token as the cache holds it), scored by position bucket. Greedy agreement: ``--n-new`` tokens against the float
 cache's, from the course's short chat prompts (which never leave a 128-token residual window) and from
-``--long-prompt`` tokens of WikiText test that follow the perplexity windows. Bytes held: ``cache_nbytes`` after the first window (``ctx`` tokens).
-float32 weights and compute (no TF32), as the course's CPU runs.
+``--long-prompt`` tokens of WikiText test that follow the perplexity windows. Bytes held: ``held_bytes`` after the
+first window (``ctx`` tokens). float32 weights and compute (no TF32), as the course's CPU runs.
+
+``--held-only`` measures only the bytes held after the first window (no perplexity, no generation): the count does
+not depend on the device, so it runs on a CPU too —
+
+    python benchmarks/kv_cache_quality.py --device cpu --held-only --settings float,int4,quanto_int4,int2,quanto_int2 \
+        --out benchmarks/results/kv_cache_held.json
 """
 from __future__ import annotations
 
@@ -42,14 +48,14 @@ def main() -> None:
     ap.add_argument("--n-new", type=int, default=64)
     ap.add_argument("--long-prompt", type=int, default=2000, help="tokens of WikiText before greedy continuation")
     ap.add_argument("--settings", default="float,fp8,int8,int4,int2,int2_no_residual,int2_keys_per_token")
+    ap.add_argument("--held-only", action="store_true", help="only the bytes each cache holds after one window")
     a = ap.parse_args()
 
     import transformers
     from transformers.cache_utils import DynamicCache
 
     from qtutor.eval import EvalConfig, eval_windows
-    from qtutor.kvcache import KIVILayer, cache_nbytes, greedy_agreement, nll_by_context, position_nll, \
-        quantized_cache
+    from qtutor.kvcache import KIVILayer, greedy_agreement, nll_by_context, position_nll, quantized_cache
     from qtutor.model import load_model
 
     torch.manual_seed(0)
@@ -86,6 +92,20 @@ def main() -> None:
             return quantized_cache(model, "int2", keys_per_token=True)
         return quantized_cache(model, setting)
 
+    if a.held_only:
+        rows = []
+        for setting in a.settings.split(","):
+            cache = make(setting)
+            cache = DynamicCache() if cache is None else cache
+            position_nll(model, windows[:1], cache, chunk=a.chunk)
+            rows.append({"setting": setting, "tokens": a.ctx, "bytes_held": held_bytes(cache)})
+            print(f"{setting:14s} {rows[-1]['bytes_held'] / 2**20:8.2f} MiB after {a.ctx} tokens", flush=True)
+        _write(a, {"what": "bytes each KV cache holds for SmolLM2-135M-Instruct after one window of WikiText-2 "
+                           "test, counted by held_bytes (every tensor a cache layer holds; optimum-quanto's packed "
+                           "tensors by the plain tensors inside them)",
+                   **_provenance(a, transformers), "protocol": {"ctx": a.ctx, "chunk": a.chunk}, "rows": rows})
+        return
+
     refs = [None] * len(prompts)
     long_refs = [None] * len(long_prompts)
     rows = []
@@ -96,8 +116,7 @@ def main() -> None:
             cache = make(setting)
             cache = DynamicCache() if cache is None else cache
             nll.append(position_nll(model, w[None], cache, chunk=a.chunk).cpu())
-            if not setting.startswith("quanto"):  # cache_nbytes does not see quanto's packed tensors
-                held = cache_nbytes(cache) if held is None else held
+            held = held_bytes(cache) if held is None else held
         nll = torch.cat(nll)
         agree = []
         for i, p in enumerate(prompts):
@@ -121,20 +140,72 @@ def main() -> None:
               flush=True)
     result = {
         "what": "SmolLM2-135M-Instruct (dequantized Q4_1) with quantized KV caches, WikiText-2 test",
-        "command": "python " + " ".join(sys.argv),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor(),
-        "host": platform.node(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "optimum-quanto": _version("optimum-quanto"), "python": platform.python_version()},
+        **_provenance(a, transformers),
         "peer": "quanto_int4 / quanto_int2: transformers' QuantizedCache(backend='quanto', nbits, axis_key=0, "
                 "axis_value=0, q_group_size=32, residual_length=128) — transformers' defaults but groups of 32 as "
-                "KIVI's; it re-quantizes the whole cache each time the residual fills; bytes held not measured",
+                "KIVI's; it re-quantizes the whole cache each time the residual fills",
         "protocol": {"ctx": a.ctx, "windows": a.windows, "chunk": a.chunk, "n_new": a.n_new, "edges": edges,
                      "long_prompt_tokens": a.long_prompt, "long_prompts_start_at_token": start,
                      "kivi_defaults": {"group_size": KIVILayer().group_size, "residual": KIVILayer().residual}},
         "rows": rows,
     }
+    _write(a, result)
+
+
+def held_bytes(cache) -> int:
+    """Bytes of every tensor the cache's layers hold, each storage once.
+
+    qtutor's layers and transformers' float layers are what ``cache_nbytes`` counts; a layer of another kind (the
+    peer's ``QuantizedCache`` on optimum-quanto) is walked attribute by attribute, and a tensor subclass (quanto's
+    packed ``QTensor``) is counted by the plain tensors inside it (``__tensor_flatten__``).
+    """
+    from qtutor.kvcache import cache_nbytes
+    from qtutor.kvcache.cache import KIVILayer
+
+    if all(hasattr(layer, "nbytes") or type(layer).__name__ == "DynamicLayer" for layer in cache.layers):
+        return cache_nbytes(cache)
+    seen, total = set(), 0
+
+    def count(t):
+        nonlocal total
+        if type(t) is not torch.Tensor and hasattr(t, "__tensor_flatten__"):
+            names, _ = t.__tensor_flatten__()
+            for n in names:
+                count(getattr(t, n))
+        elif isinstance(t, torch.Tensor) and t.numel():
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
+            if key not in seen:
+                seen.add(key)
+                total += t.numel() * t.element_size()
+
+    for layer in cache.layers:
+        assert not isinstance(layer, KIVILayer)
+        for v in vars(layer).values():
+            if isinstance(v, torch.Tensor):
+                count(v)
+    return total
+
+
+def _provenance(a, transformers) -> dict:
+    return {"command": "python " + " ".join(sys.argv),
+            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else _cpu_name(),
+            "host": platform.node(),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "optimum-quanto": _version("optimum-quanto"), "python": platform.python_version()}}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _write(a, result: dict) -> None:
     from pathlib import Path
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))

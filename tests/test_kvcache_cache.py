@@ -250,6 +250,44 @@ def test_cache_nbytes_of_a_dynamic_cache_after_generate(make_tiny_llama):
     assert cache_nbytes(cache) == expect == 2 * 2 * 2 * 7 * 16 * 4  # K/V × layers × kv heads × tokens × dim × fp32
 
 
+def test_benchmark_held_bytes_counts_what_cache_nbytes_counts_and_walks_other_layers():
+    """benchmarks/kv_cache_quality.py's held_bytes: cache_nbytes for qtutor's and float layers; another kind of layer
+    (the peer's) by its tensors, a tensor subclass by the plain tensors inside it, each storage once."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "kv_cache_quality.py"
+    spec = importlib.util.spec_from_file_location("kv_cache_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    layer = KIVILayer(bits=4, group_size=16, residual=16)
+    layer.update(*_kv(0, T=100))
+    assert bench.held_bytes(Cache(layers=[layer])) == layer.nbytes()
+
+    class Packed(torch.Tensor):  # stands in for optimum-quanto's QTensor: reports no storage of its own
+        @staticmethod
+        def __new__(cls, data, scale):
+            t = torch.Tensor._make_wrapper_subclass(cls, data.shape, dtype=torch.float32)
+            t._data, t._scale = data, scale
+            return t
+
+        def __tensor_flatten__(self):
+            return ["_data", "_scale"], None
+
+        @classmethod
+        def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+            raise NotImplementedError(func)
+
+    class PeerLayer:
+        def __init__(self):
+            self.keys = torch.zeros(3, 8)  # residual: 96 bytes
+            self.values = self.keys  # the same storage: counted once
+            self._quantized = Packed(torch.zeros(10, 4, dtype=torch.uint8), torch.zeros(10, 1))  # 40 + 40 bytes
+            self.nbits = 4
+
+    assert bench.held_bytes(types.SimpleNamespace(layers=[PeerLayer()])) == 96 + 40 + 40
+
+
 def test_fp8_nbytes():
     layer = FP8Layer()
     layer.update(*_kv(0, T=7))
