@@ -552,7 +552,7 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
     n_splits = n_q + n_r
     # an empty region is never read, but its pointer must still have the right element type
     if T == 0:
-        k_codes = v_codes = torch.zeros(1, dtype=torch.uint8, device=q.device)
+        k_codes = v_codes = torch.zeros(4, dtype=torch.uint8, device=q.device)  # one int32 word
         k_scale = k_mn = torch.zeros(1, dtype=k_scale.dtype, device=q.device)
         v_scale = v_mn = torch.zeros(1, dtype=v_scale.dtype, device=q.device)
     if R == 0:

@@ -121,6 +121,18 @@ def test_no_residual_window():
     _check(zero_r, meta, RTOL[torch.float16], num_splits=2)
 
 
+@pytest.mark.parametrize("bits", [8, 4], ids=lambda b: f"{b}bit")
+def test_zero_quantized_capacity(bits):
+    """T = 0: a cache that has quantized nothing yet (every token in the residual window)."""
+    args, meta = _cache(Hq=4, Hkv=2, D=64, bits=bits, k_len=(0, 0, 0), r_len=(16, 1, 9))
+    B, H, D = 3, 2, 64
+    u8, f16 = dict(dtype=torch.uint8, device=DEVICE), dict(dtype=torch.float16, device=DEVICE)
+    args.update(k_codes=torch.empty(B, H, 0, D * bits // 8, **u8), v_codes=torch.empty(B, H, 0, D * bits // 8, **u8),
+                k_scale=torch.empty(B, H, 0, D, **f16), k_mn=torch.empty(B, H, 0, D, **f16),
+                v_scale=torch.empty(B, H, 0, D // 16, **f16), v_mn=torch.empty(B, H, 0, D // 16, **f16))
+    _check(args, meta, RTOL[torch.float16])
+
+
 def test_residual_only_and_custom_scale():
     """Every k_len = 0 (no quantized split launched) and a given sm_scale."""
     args, meta = _cache(Hq=2, Hkv=1, D=64, k_len=(0, 0, 0), r_len=(16, 1, 9))
