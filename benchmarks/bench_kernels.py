@@ -6,7 +6,8 @@
 Peers, on the same random weights (fp16 activations unless a peer needs bf16):
 cuBLAS fp16 (``x @ W.T``); torch's int4 tinygemm (``_weight_int4pack_mm``, bf16,
 groups of 128); bitsandbytes NF4 (``bnb.matmul_4bit``, double-quantized, blocks
-of 64) and LLM.int8() (``bnb.matmul`` with threshold 6.0 on the same CB/SCB);
+of 64), the same weights dequantized by bitsandbytes then multiplied by cuBLAS
+(what any batch can do), and LLM.int8() (``bnb.matmul`` with threshold 6.0 on the same CB/SCB);
 ``torch._int_mm`` (bare, and with torch's per-token quantization and scale
 epilogue around it); ``torch._scaled_mm`` on fp8 e4m3 with row-wise scales (with
 and without fast accumulation: Triton's fp8 dot on sm_90 accumulates like

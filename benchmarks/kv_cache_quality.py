@@ -136,7 +136,7 @@ def main() -> None:
                "greedy": agree, "greedy_long_prompt": agree_long, "seconds": time.time() - t0}
         rows.append(row)
         print(f"{setting:22s} ppl {row['perplexity']:.3f}  {row['perplexity_by_position']}  "
-              f"held {(held or 0) / 2**20:.1f} MiB  greedy {[g['same_prefix'] for g in agree]} long {[g['same_prefix'] for g in agree_long]}  {row['seconds']:.0f}s",
+              f"held {held / 2**20:.1f} MiB  greedy {[g['same_prefix'] for g in agree]} long {[g['same_prefix'] for g in agree_long]}  {row['seconds']:.0f}s",
               flush=True)
     result = {
         "what": "SmolLM2-135M-Instruct (dequantized Q4_1) with quantized KV caches, WikiText-2 test",
@@ -153,14 +153,13 @@ def main() -> None:
 
 
 def held_bytes(cache) -> int:
-    """Bytes of every tensor the cache's layers hold, each storage once.
+    """Bytes of every tensor the cache's layers hold, a tensor referenced twice counted once.
 
     qtutor's layers and transformers' float layers are what ``cache_nbytes`` counts; a layer of another kind (the
     peer's ``QuantizedCache`` on optimum-quanto) is walked attribute by attribute, and a tensor subclass (quanto's
     packed ``QTensor``) is counted by the plain tensors inside it (``__tensor_flatten__``).
     """
     from qtutor.kvcache import cache_nbytes
-    from qtutor.kvcache.cache import KIVILayer
 
     if all(hasattr(layer, "nbytes") or type(layer).__name__ == "DynamicLayer" for layer in cache.layers):
         return cache_nbytes(cache)
@@ -179,7 +178,6 @@ def held_bytes(cache) -> int:
                 total += t.numel() * t.element_size()
 
     for layer in cache.layers:
-        assert not isinstance(layer, KIVILayer)
         for v in vars(layer).values():
             if isinstance(v, torch.Tensor):
                 count(v)
