@@ -26,6 +26,8 @@ PyTorch path too).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -33,7 +35,7 @@ import triton.language as tl
 from ._launch import check, dot_in_fp32, pick, split_k, split_k_buffers, split_k_result, store_tile, tile_grid
 from .w4a16 import x_by_nibble
 
-__all__ = ["dequantize_nf4_ref", "nf4_ref", "nf4_matmul", "nf4_matmul_bnb", "check_activations"]
+__all__ = ["dequantize_nf4_ref", "nf4_ref", "nf4_dequantize", "nf4_matmul", "nf4_matmul_bnb", "check_activations"]
 
 _ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -221,6 +223,25 @@ def _nf4_gemm_kernel(
                SPLIT, ONE_LAUNCH)
 
 
+@triton.jit
+def _nf4_dequant_kernel(
+    words_ptr, absmax_ptr, code_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, out_ptr, N_WORDS,
+    BLOCKSIZE: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """The dense weight, BLOCK words (8·BLOCK values) per program: ``level · absmax`` in float32, rounded once
+    to the output's dtype, as bitsandbytes' ``dequantize_4bit``. A word's 8 codes share one block
+    (BLOCKSIZE is a multiple of 8), so the absmax is read once per word."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N_WORDS
+    words = tl.load(words_ptr + offs, mask=mask, other=0, eviction_policy="evict_first")
+    scale = _block_scales(absmax_ptr, absmax_code_ptr, absmax2_ptr, offset_ptr, (offs * 8) // BLOCKSIZE, mask,
+                          DQ_BLOCKSIZE, DOUBLE_QUANT)
+    j = tl.arange(0, 8)
+    levels = tl.load(code_ptr + ((words[:, None] >> _code_shift(j)[None, :]) & 0xF))  # (BLOCK, 8)
+    w = levels * scale[:, None]
+    tl.store(out_ptr + offs[:, None] * 8 + j[None, :], w.to(out_ptr.dtype.element_ty), mask=mask[:, None])
+
+
 # ------------------------------------------------------------------ launcher
 
 # launch parameters, chosen on an H100 with `benchmarks/bench_kernels.py --tune`
@@ -231,24 +252,18 @@ GEMM = [
     {"max_m": None, "block_n": 128, "block_k": 128, "target_programs": 528, "num_warps": 4, "num_stages": 3,
      "max_block_m": 64},
 ]
+DEQUANT = {"block": 256, "num_warps": 4}  # words per program of the dequantize kernel
+# M > gemv_max_m: "dequant" (the default) writes the dense weight with the dequantize kernel and multiplies
+# with torch.matmul (cuBLAS), bitsandbytes' own way for M > 1; "fused" runs the tl.dot GEMM, which gathers
+# each level from the 16-entry table per weight and was 5-8x slower than dequantize + cuBLAS on an H200
+# (benchmarks/results/kernels_h200.json).
+LARGE_M = ("dequant", "fused")
 
 
-def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, out_features: int,
-               blocksize: int = 64, absmax_code: torch.Tensor | None = None, absmax2: torch.Tensor | None = None,
-               offset: torch.Tensor | None = None, dq_blocksize: int = 256, gemv_max_m: int = 1,
-               gemv: dict | None = None, gemm: dict | None = None) -> torch.Tensor:
-    """``x`` (M, K) fp16/bf16/fp32 @ the NF4 weight (``out_features``, K)ᵀ -> (M, out_features) in ``x.dtype``.
-
-    ``absmax`` float32 (one per block), or uint8 codes with ``absmax_code``,
-    ``absmax2`` and ``offset`` when double-quantized. ``code``: the 16 levels
-    (NF4 or FP4), float32. M ≤ ``gemv_max_m`` takes the GEMV, larger M the GEMM.
-    Every size the kernels index with is checked first (``ValueError`` naming the
-    argument); M = 0 returns an empty (0, out_features) result without a launch.
-    """
-    gemv = {**GEMV, **(gemv or {})}
-    _check_dtype(x)
-    check(x.ndim == 2 and x.stride(1) == 1, f"x must be 2-D (M, K) and contiguous along K, got {tuple(x.shape)}")
-    M, K = x.shape
+def _weight_args(packed, absmax, code, out_features, K, blocksize, absmax_code, absmax2, offset, dq_blocksize,
+                 device):
+    """Check the NF4 weight's fields (``ValueError`` naming the argument) and return the kernels' arguments:
+    ``(words, absmax, absmax_code, absmax2, offset, double)``."""
     N = out_features
     check(isinstance(N, int) and not isinstance(N, bool) and N > 0, f"out_features={N!r}: must be a positive integer")
     for name, v in (("blocksize", blocksize), ("dq_blocksize", dq_blocksize)):
@@ -274,18 +289,72 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
                                           f"{absmax_code.numel()}")
         check(offset.numel() == 1, f"offset must be one value, got {offset.numel()}")
         for name, t in (("absmax_code", absmax_code), ("absmax2", absmax2), ("offset", offset)):
-            check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
+            check(t.device == device, f"{name} is on {t.device}, x on {device}")
         absmax_code, absmax2 = absmax_code.float().contiguous(), absmax2.float().contiguous()
         offset = offset.float().reshape(1)
     else:
         check(absmax.dtype == torch.float32, f"absmax must be float32 or uint8 codes, got {absmax.dtype}")
         absmax_code = absmax2 = offset = absmax  # unused
     for name, t in (("packed", packed), ("absmax", absmax), ("code", code)):
-        check(t.device == x.device, f"{name} is on {t.device}, x on {x.device}")
+        check(t.device == device, f"{name} is on {t.device}, x on {device}")
+    return packed.view(-1).view(torch.int32), absmax.contiguous(), absmax_code, absmax2, offset, double
+
+
+def _dequantize(words, absmax, code, absmax_code, absmax2, offset, N, K, blocksize, dq_blocksize, double, dtype):
+    # Triton's interpreter (3.8) casts float32 to bfloat16 by truncation, the GPU rounds to nearest: there the
+    # kernel writes float32 and torch rounds it, the same bits as the compiled kernel's own cast
+    bf16_via_fp32 = dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    out = torch.empty(N, K, device=words.device, dtype=torch.float32 if bf16_via_fp32 else dtype)
+    n_words = words.numel()
+    _nf4_dequant_kernel[(triton.cdiv(n_words, DEQUANT["block"]),)](
+        words, absmax, code, absmax_code, absmax2, offset, out, n_words,
+        BLOCKSIZE=blocksize, DQ_BLOCKSIZE=dq_blocksize, DOUBLE_QUANT=double, BLOCK=DEQUANT["block"],
+        num_warps=DEQUANT["num_warps"],
+        enable_fp_fusion=False,  # code2[a]·absmax2 and + offset rounded apart, as bitsandbytes: bit for bit
+    )
+    return out.to(dtype)
+
+
+def nf4_dequantize(packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, shape: tuple[int, int],
+                   blocksize: int = 64, absmax_code: torch.Tensor | None = None,
+                   absmax2: torch.Tensor | None = None, offset: torch.Tensor | None = None,
+                   dq_blocksize: int = 256, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """The dense (N, K) weight in ``dtype``, bit for bit :func:`dequantize_nf4_ref` (and bitsandbytes'
+    ``dequantize_4bit``): each level times its block's float32 absmax, rounded once."""
+    check(dtype in _ACT_DTYPES, f"dtype={dtype}: expected torch.float16, torch.bfloat16 or torch.float32")
+    check(isinstance(shape, (tuple, list)) and len(shape) == 2 and all(isinstance(v, int) for v in shape),
+          f"shape={shape!r}: must be (out_features, in_features)")
+    N, K = shape
+    words, absmax, absmax_code, absmax2, offset, double = _weight_args(
+        packed, absmax, code, N, K, blocksize, absmax_code, absmax2, offset, dq_blocksize, packed.device)
+    return _dequantize(words, absmax, code, absmax_code, absmax2, offset, N, K, blocksize, dq_blocksize, double,
+                       dtype)
+
+
+def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, out_features: int,
+               blocksize: int = 64, absmax_code: torch.Tensor | None = None, absmax2: torch.Tensor | None = None,
+               offset: torch.Tensor | None = None, dq_blocksize: int = 256, gemv_max_m: int = 1,
+               gemv: dict | None = None, gemm: dict | None = None, large_m: str = "dequant") -> torch.Tensor:
+    """``x`` (M, K) fp16/bf16/fp32 @ the NF4 weight (``out_features``, K)ᵀ -> (M, out_features) in ``x.dtype``.
+
+    ``absmax`` float32 (one per block), or uint8 codes with ``absmax_code``,
+    ``absmax2`` and ``offset`` when double-quantized. ``code``: the 16 levels
+    (NF4 or FP4), float32. M ≤ ``gemv_max_m`` takes the GEMV; larger M, by
+    ``large_m``, the dequantize kernel + ``torch.matmul`` ("dequant") or the fused
+    ``tl.dot`` GEMM ("fused"). Every size the kernels index with is checked first
+    (``ValueError`` naming the argument); M = 0 returns an empty (0, out_features)
+    result without a launch.
+    """
+    gemv = {**GEMV, **(gemv or {})}
+    _check_dtype(x)
+    check(x.ndim == 2 and x.stride(1) == 1, f"x must be 2-D (M, K) and contiguous along K, got {tuple(x.shape)}")
+    check(large_m in LARGE_M, f"large_m={large_m!r}: allowed values are {LARGE_M}")
+    M, K = x.shape
+    N = out_features
+    words, absmax, absmax_code, absmax2, offset, double = _weight_args(
+        packed, absmax, code, N, K, blocksize, absmax_code, absmax2, offset, dq_blocksize, x.device)
     if M == 0:  # nothing to compute: no launch (a grid of size 0 is an error)
         return torch.empty(0, N, device=x.device, dtype=x.dtype)
-    words = packed.view(-1).view(torch.int32)
-    absmax = absmax.contiguous()
     common = dict(BLOCKSIZE=blocksize, DQ_BLOCKSIZE=dq_blocksize, DOUBLE_QUANT=double)
     if M <= gemv_max_m:
         BLOCK_N = gemv["block_n"]
@@ -299,6 +368,10 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
             ALIGNED=K % blocksize == 0 and BLOCK_K % blocksize == 0, num_warps=gemv["num_warps"],
         )
         return split_k_result(out, ws, one)
+    if large_m == "dequant":  # the weight rounded to x's dtype, as the GEMV and bitsandbytes; cuBLAS sums in fp32
+        w = _dequantize(words, absmax, code, absmax_code, absmax2, offset, N, K, blocksize, dq_blocksize, double,
+                        x.dtype)
+        return torch.matmul(x, w.t())
     gemm = pick(GEMM, M, gemm)
     BLOCK_K = min(gemm["block_k"], max(16, triton.next_power_of_2(K)))
     BLOCK_M, tiles, grid, k_per, split = tile_grid(M, N, K, gemm, BLOCK_K)

@@ -4,7 +4,7 @@ import torch
 
 bnbf = pytest.importorskip("bitsandbytes.functional")
 
-from qtutor.kernels.nf4 import dequantize_nf4_ref, nf4_matmul, nf4_matmul_bnb, nf4_ref  # noqa: E402
+from qtutor.kernels.nf4 import dequantize_nf4_ref, nf4_dequantize, nf4_matmul, nf4_matmul_bnb, nf4_ref  # noqa: E402
 from qtutor.methods.nf4 import NF4Config, QuantType4, dynamic_map, normal_float_levels, quantize_4bit  # noqa: E402
 from tolerances import RTOL as TOL, RTOL_PATHS, rel_err  # the one table (tests/kernels/tolerances.py)
 
@@ -54,13 +54,44 @@ def test_reference_is_bitsandbytes_dequantize_bit_for_bit(quant_type, nested):
     assert torch.equal(ref, bnbf.dequantize_4bit(packed, qs))
 
 
-def test_gemv_and_gemm_agree():
+@pytest.mark.parametrize("nested", [True, False], ids=["double-quant", "fp32-absmax"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("shape", [(72, 200), (64, 576), (1, 8)], ids=lambda s: "x".join(map(str, s)))
+def test_dequantize_kernel_is_bitsandbytes_bit_for_bit(shape, quant_type, dtype, nested):
+    """The kernel behind M > 1 writes bitsandbytes' ``dequantize_4bit`` exactly (blocks across rows included)."""
+    N, K = shape
+    packed, qs = _bnb(N, K, dtype, nested, quant_type)
+    want = bnbf.dequantize_4bit(packed, qs)
+    dq = dict(absmax_code=qs.state2.code, absmax2=qs.state2.absmax, offset=qs.offset,
+              dq_blocksize=qs.state2.blocksize) if nested else {}
+    qs = _to(qs, DEVICE)
+    got = nf4_dequantize(packed.to(DEVICE), qs.absmax, qs.code.float(), (N, K), 64, dtype=dtype,
+                         **{k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in dq.items()})
+    assert got.dtype == dtype and torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("large_m", ["dequant", "fused"])
+def test_gemv_and_gemm_agree(large_m):
     packed, qs = _bnb(128, 256, torch.float16, True)
     x = torch.randn(4, 256).half().to(DEVICE)
     qs = _to(qs, DEVICE)
     gemv = nf4_matmul_bnb(x, packed.to(DEVICE), qs, gemv_max_m=4)
-    gemm = nf4_matmul_bnb(x, packed.to(DEVICE), qs, gemv_max_m=0)
+    gemm = nf4_matmul_bnb(x, packed.to(DEVICE), qs, gemv_max_m=0, large_m=large_m)
     assert _rel(gemv, gemm) < RTOL_PATHS
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", [(17, 136, 264), (70, 256, 128)], ids=lambda s: "x".join(map(str, s)))
+def test_fused_gemm_on_bitsandbytes_weights(shape, dtype):
+    """The fused ``tl.dot`` GEMM (``large_m="fused"``), no longer the default for M > 1, stays correct."""
+    M, K, N = shape
+    packed, qs = _bnb(N, K, dtype, True)
+    dense = bnbf.dequantize_4bit(packed, qs)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(1)).to(dtype)
+    want = (x.float() @ dense.float().T).to(dtype)
+    got = nf4_matmul_bnb(x.to(DEVICE), packed.to(DEVICE), _to(qs, DEVICE), large_m="fused")
+    assert _rel(got.cpu(), want) < RTOL[dtype]
 
 
 def test_qtutor_nf4_state_runs_on_the_kernel():
@@ -87,6 +118,14 @@ def test_bad_input_is_reported():
         nf4_matmul(x, packed, qs.absmax, qs.code, 64)
     with pytest.raises(ValueError, match="16 float32 levels"):
         nf4_matmul(x, packed, qs.absmax, qs.code.half(), 64)
+    with pytest.raises(ValueError, match="large_m='tiled': allowed values are"):
+        nf4_matmul_bnb(x, packed, qs, large_m="tiled")
+    with pytest.raises(ValueError, match="dtype=torch.float64"):
+        nf4_dequantize(packed, qs.absmax, qs.code, (64, 64), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"shape=\(64,\): must be \(out_features, in_features\)"):
+        nf4_dequantize(packed, qs.absmax, qs.code, (64,))
+    with pytest.raises(ValueError, match="packed holds 4096 codes, the weight \\(64, 128\\) needs 8192"):
+        nf4_dequantize(packed, qs.absmax, qs.code, (64, 128))
     with pytest.raises(ValueError, match="multiple of 8"):
         nf4_matmul(torch.randn(2, 60, device=DEVICE).half(), packed[:60], qs.absmax[:30], qs.code, 2,
                    absmax_code=qs.state2.code, absmax2=qs.state2.absmax, offset=qs.offset)
