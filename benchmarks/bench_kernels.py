@@ -391,23 +391,43 @@ def tune_w8a8(Ws, xs, cases, Ms) -> dict:
     return res
 
 
+GEMV_SHAPES = [(8192, 28672), (28672, 8192), (4096, 14336), (14336, 4096), (4096, 4096)]
+
+
 def tune_gemv() -> dict:
-    """The M = 1 launch parameters of the W4A16 and NF4 GEMVs, swept and applied for the benchmark that follows."""
-    shapes = [(4096, 4096), (8192, 28672), (14336, 4096)]
-    Ws = {s: Weights(*s, {"w4", "nf4"}, copies=1) for s in shapes}
-    xs = {K: torch.randn(1, K, device="cuda", dtype=torch.float16) for K, _ in shapes}
+    """The M = 1 launch parameters of the W4A16 and NF4 GEMVs and the NF4 dequantize kernel (M > 1), swept over
+    the targets' shapes and Llama-3-8B's and applied for the benchmark that follows."""
+    Ws = {s: Weights(*s, {"w4", "nf4"}, copies=1) for s in GEMV_SHAPES}
+    xs = {K: torch.randn(1, K, device="cuda", dtype=torch.float16) for K in {k for k, _ in GEMV_SHAPES}}
     res = {}
-    grid = [dict(block_n=n, block_k=128, target_programs=p, num_warps=4, x_split=x)
-            for x, n, p in itertools.product([False, True], [128, 256], [1056, 2112])]
-    res["w4a16_gemv"] = _sweep("w4a16 gemv M=1", grid, shapes, lambda c, cfg: k_w4.w4a16_matmul(
+    grid = [dict(block_n=n, block_k=k, target_programs=p, num_warps=w, x_split=True, fold_zero=True)
+            for n, k, p, w in itertools.product([64, 128, 256], [64, 128, 256], [1056, 2112, 4224], [4, 8])]
+    grid += [dict(block_n=n, block_k=128, target_programs=p, num_warps=4, x_split=True, fold_zero=False)
+             for n, p in itertools.product([128, 256], [1056, 2112])]
+    res["w4a16_gemv"] = _sweep("w4a16 gemv M=1", grid, GEMV_SHAPES, lambda c, cfg: k_w4.w4a16_matmul(
         xs[c[0]], **Ws[c].w4[0], group_size=GROUP, gemv=cfg))
     k_w4.GEMV.update(res["w4a16_gemv"]["best"])
     if bnb:
-        grid = [dict(block_n=n, block_k=k, target_programs=1056, num_warps=w, x_split=x)
-                for x, n, k, w in itertools.product([False, True], [32, 64], [128, 256], [4, 8])]
-        res["nf4_gemv"] = _sweep("nf4 gemv M=1", grid, shapes, lambda c, cfg: k_nf4.nf4_matmul(
+        grid = [dict(block_n=n, block_k=k, target_programs=p, num_warps=w, x_split=True)
+                for n, k, p, w in itertools.product([32, 64, 128], [128, 256], [1056, 2112], [4, 8])]
+        res["nf4_gemv"] = _sweep("nf4 gemv M=1", grid, GEMV_SHAPES, lambda c, cfg: k_nf4.nf4_matmul(
             xs[c[0]], **nf4_kernel_args(*Ws[c].nf4[0]), gemv=cfg))
         k_nf4.GEMV.update(res["nf4_gemv"]["best"])
+        saved = dict(k_nf4.DEQUANT)
+        grid = [dict(block=b, num_warps=w) for b, w in itertools.product([128, 256, 512, 1024], [4, 8])]
+
+        def dequant(c, cfg):
+            k_nf4.DEQUANT.update(cfg)
+            args = nf4_kernel_args(*Ws[c].nf4[0])
+            args.pop("out_features")
+            return k_nf4.nf4_dequantize(**args, shape=(c[1], c[0]))
+
+        res["nf4_dequantize"] = _sweep("nf4 dequantize", grid, GEMV_SHAPES, dequant)
+        k_nf4.DEQUANT.update(res["nf4_dequantize"]["best"] or saved)
+        # the peer on the same shapes: bitsandbytes' dequantize_4bit
+        res["bnb_dequantize_4bit_us"] = {f"{K}x{N}": time_us(lambda W=Ws[(K, N)]: bnbf.dequantize_4bit(*W.nf4[0]))[0]
+                                         for K, N in GEMV_SHAPES}
+        print("bnb dequantize_4bit", res["bnb_dequantize_4bit_us"], flush=True)
     return res
 
 

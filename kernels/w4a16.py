@@ -17,6 +17,8 @@ File order: PyTorch reference, Triton kernels, launcher.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -96,6 +98,28 @@ def _nibble_term(words, j, z, xj):
 
 
 @triton.jit
+def _unit_code(words, j: tl.constexpr, ASM: tl.constexpr):
+    """Code j of each word as the exact float32 ``1 + code/16``: the nibble shifted to the top four mantissa
+    bits (19…22) and OR-ed into 1.0 — one shift and one LOP3, no subtraction of the zero-point.
+
+    ``ASM``: PTX ``lop3`` computes ``(t & 0x780000) | 0x3F800000`` in one instruction (ptxas, given the two
+    constants as immediates, emits two); Triton's interpreter has no inline assembly, so it runs ``& |``.
+    """
+    SH: tl.constexpr = 19 - 4 * j
+    if SH >= 0:
+        t = words << SH
+    else:
+        t = words >> (-SH)  # arithmetic shift: the bits it fills in lie above the mask
+    if ASM:
+        u = tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,r,r",
+                                      [t, tl.full(t.shape, 0x780000, tl.int32), tl.full(t.shape, 0x3F800000, tl.int32)],
+                                      dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        u = (t & 0x780000) | 0x3F800000
+    return u.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _group_rows(qzeros_ptr, scales_ptr, g, offs_n, mask_n, stride_zg, stride_sg, DTYPE: tl.constexpr):
     """Biased zero-points and scales of group(s) ``g`` (scalar or (R, 1)) for the columns ``offs_n``."""
     zwords = tl.load(qzeros_ptr + g * stride_zg + offs_n // 8, mask=mask_n, other=0)
@@ -114,6 +138,7 @@ def _w4a16_gemv_kernel(
     stride_xm, stride_qk, stride_zg, stride_sg, stride_om,
     # meta-parameters
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr, X_SPLIT: tl.constexpr,
+    FOLD_ZERO: tl.constexpr, ASM: tl.constexpr,
 ):
     """One output row ``m``, BLOCK_N columns, a slice of K_PER_PROGRAM inputs (SPLIT slices per tile).
 
@@ -141,7 +166,21 @@ def _w4a16_gemv_kernel(
         if GROUP_SIZE > 0:
             g = tl.minimum(k0, K - 1) // GROUP_SIZE  # a split-K tile may start past K: stay on a real group
             z, s = _group_rows(qzeros_ptr, scales_ptr, g, offs_n, mask_n, stride_zg, stride_sg, tl.float32)
-            if X_SPLIT:
+            if FOLD_ZERO:
+                # Σ_j (q_j − z)·x_j = Σ_j (1 + q_j/16)·16x_j − (16 + z)·Σ_j x_j: three instructions per weight
+                # (shift, LOP3, FMA); the zero-point costs one FMA per word, on the sum of its 8 inputs
+                x0, x1, x2, x3, x4, x5, x6, x7 = x_by_nibble(x_ptr + m * stride_xm, rows, mask_r)
+                xs = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
+                t = _unit_code(words, 0, ASM) * (16.0 * x0)[:, None]  # one chain of FMAs
+                t += _unit_code(words, 1, ASM) * (16.0 * x1)[:, None]
+                t += _unit_code(words, 2, ASM) * (16.0 * x2)[:, None]
+                t += _unit_code(words, 3, ASM) * (16.0 * x3)[:, None]
+                t += _unit_code(words, 4, ASM) * (16.0 * x4)[:, None]
+                t += _unit_code(words, 5, ASM) * (16.0 * x5)[:, None]
+                t += _unit_code(words, 6, ASM) * (16.0 * x6)[:, None]
+                t += _unit_code(words, 7, ASM) * (16.0 * x7)[:, None]
+                t -= xs[:, None] * (z - 8388592.0)[None, :]  # z is 2²³ + zero (_biased): 16 + zero
+            elif X_SPLIT:
                 x0, x1, x2, x3, x4, x5, x6, x7 = x_by_nibble(x_ptr + m * stride_xm, rows, mask_r)
                 t = _nibble_term(words, 0, z, x0) + _nibble_term(words, 1, z, x1)
                 t += _nibble_term(words, 2, z, x2) + _nibble_term(words, 3, z, x3)
@@ -232,7 +271,7 @@ def _w4a16_gemm_kernel(
 # ------------------------------------------------------------------ launcher
 
 # launch parameters, chosen on an H100 with `benchmarks/bench_kernels.py --tune`
-GEMV = {"block_n": 256, "block_k": 128, "target_programs": 2112, "num_warps": 4, "x_split": True}
+GEMV = {"block_n": 256, "block_k": 128, "target_programs": 2112, "num_warps": 4, "x_split": True, "fold_zero": True}
 # GEMM by M (the first bucket whose max_m holds M); BLOCK_M: the smallest power of two ≥ 16 that holds M,
 # at most max_block_m. Chosen by `bench_kernels.py --tune` (benchmarks/results/tune_h100.log).
 GEMM = [
@@ -312,6 +351,7 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
             x, qweight, qzeros, scales, g_idx, out, ws, cnt, M, N, K, k_per, split, one,
             x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
             BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_SIZE=GROUP_SIZE, X_SPLIT=gemv["x_split"],
+            FOLD_ZERO=gemv["fold_zero"], ASM=x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1",
             num_warps=gemv["num_warps"],
         )
         return split_k_result(out, ws, one)

@@ -114,13 +114,30 @@ def test_split_k_leaves_its_workspace_clean(monkeypatch):
         assert not ws.any() and not cnt.any()
 
 
-@pytest.mark.parametrize("x_split", [False, True], ids=["x-per-nibble", "x-one-load"])
+GEMV_VARIANTS = {"x-per-nibble": {"x_split": False, "fold_zero": False},
+                 "x-one-load": {"x_split": True, "fold_zero": False},
+                 "fold-zero": {"x_split": True, "fold_zero": True}}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("variant", GEMV_VARIANTS)
 @pytest.mark.parametrize("shape", [(1, 512, 64), (1, 576, 192), (2, 200, 72)], ids=_ids)
-def test_gemv_variants(shape, x_split):
+def test_gemv_variants(shape, variant, dtype):
     M, K, N = shape
-    _, p = _packed(K, N, 64, torch.float16)
-    x = torch.randn(M, K, generator=torch.Generator().manual_seed(3)).half().to(DEVICE)
-    got = w4a16_matmul(x, **p, gemv_max_m=2, gemv={"x_split": x_split})
+    _, p = _packed(K, N, 64, dtype)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(3)).to(dtype).to(DEVICE)
+    got = w4a16_matmul(x, **p, gemv_max_m=2, gemv=GEMV_VARIANTS[variant])
+    assert _rel(got, w4a16_ref(x, **p)) < RTOL[dtype]
+
+
+@pytest.mark.parametrize("offset", [0.0, 4.0, -30.0])
+def test_fold_zero_keeps_precision_when_inputs_share_a_large_offset(offset):
+    """Folding the zero-point subtracts (16 + z)·Σx from Σ(16 + q)·x: inputs far from zero, all of one sign,
+    make both sums large next to their difference. The float32 sums keep the fp16 result within tolerance."""
+    _, p = _packed(4096, 64, 128, torch.float16, seed=5)
+    gen = torch.Generator().manual_seed(6)
+    x = (offset + torch.randn(1, 4096, generator=gen)).half().to(DEVICE)
+    got = w4a16_matmul(x, **p, gemv=GEMV_VARIANTS["fold-zero"])
     assert _rel(got, w4a16_ref(x, **p)) < RTOL[torch.float16]
 
 
