@@ -244,15 +244,16 @@ def _nf4_dequant_kernel(
 
 # ------------------------------------------------------------------ launcher
 
-# launch parameters, chosen on an H100 with `benchmarks/bench_kernels.py --tune`
-GEMV = {"block_n": 64, "block_k": 128, "target_programs": 1056, "num_warps": 4, "x_split": True}
+# GEMV and dequantize launch parameters: the best swept on an H200 over the targets' and Llama-3-8B's shapes
+# (`bench_kernels.py --sweep-gemv`, benchmarks/results/tune_gemv_h200.json); GEMM: chosen on an H100 (`--tune`)
+GEMV = {"block_n": 64, "block_k": 128, "target_programs": 2112, "num_warps": 4, "x_split": True}
 GEMM = [
     {"max_m": 16, "block_n": 128, "block_k": 128, "target_programs": 528, "num_warps": 4, "num_stages": 3,
      "max_block_m": 16},
     {"max_m": None, "block_n": 128, "block_k": 128, "target_programs": 528, "num_warps": 4, "num_stages": 3,
      "max_block_m": 64},
 ]
-DEQUANT = {"block": 256, "num_warps": 4}  # words per program of the dequantize kernel
+DEQUANT = {"block": 512, "num_warps": 4}  # words per program of the dequantize kernel
 # M > gemv_max_m: "dequant" (the default) writes the dense weight with the dequantize kernel and multiplies
 # with torch.matmul (cuBLAS), bitsandbytes' own way for M > 1; "fused" runs the tl.dot GEMM, which gathers
 # each level from the 16-entry table per weight and was 5-8x slower than dequantize + cuBLAS on an H200
