@@ -14,8 +14,10 @@ of them and a float32 ``offset`` added back:
 
 The kernel reads the bytes as int32 words (8 codes of one row), and, like
 ``w4a16.py``, takes the j-th code of every word of a tile in turn; the 16-level
-table is a gather from a 64-byte array that stays in L1. File order: PyTorch
-reference, Triton kernels, launcher.
+table is a gather from a 64-byte array that stays in L1. For M > 1 the default is
+bitsandbytes' own scheme: a kernel writes the dense weight (bit for bit its
+``dequantize_4bit``) and cuBLAS multiplies; the fused ``tl.dot`` GEMM remains as
+``large_m="fused"``. File order: PyTorch reference, Triton kernels, launcher.
 
 Activations may be float16, bfloat16 or float32, as bitsandbytes' ``matmul_4bit``
 computes in its input's dtype (``Linear4bit``'s default compute dtype is float32):
@@ -256,8 +258,8 @@ GEMM = [
 DEQUANT = {"block": 512, "num_warps": 4}  # words per program of the dequantize kernel
 # M > gemv_max_m: "dequant" (the default) writes the dense weight with the dequantize kernel and multiplies
 # with torch.matmul (cuBLAS), bitsandbytes' own way for M > 1; "fused" runs the tl.dot GEMM, which gathers
-# each level from the 16-entry table per weight and was 5-8x slower than dequantize + cuBLAS on an H200
-# (benchmarks/results/kernels_h200.json).
+# each level from the 16-entry table per weight and was 4-16x slower than bitsandbytes' dequantize + cuBLAS
+# at M >= 4 on an H200 (benchmarks/results/kernels_h200.json as of commit a5fd76c).
 LARGE_M = ("dequant", "fused")
 
 
@@ -341,8 +343,9 @@ def nf4_matmul(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code
     ``absmax`` float32 (one per block), or uint8 codes with ``absmax_code``,
     ``absmax2`` and ``offset`` when double-quantized. ``code``: the 16 levels
     (NF4 or FP4), float32. M ≤ ``gemv_max_m`` takes the GEMV; larger M, by
-    ``large_m``, the dequantize kernel + ``torch.matmul`` ("dequant") or the fused
-    ``tl.dot`` GEMM ("fused"). Every size the kernels index with is checked first
+    ``large_m``, the dequantize kernel + ``torch.matmul`` ("dequant": it allocates the
+    dense (out_features, K) weight in ``x.dtype`` for the call, as bitsandbytes does) or
+    the fused ``tl.dot`` GEMM ("fused"). Every size the kernels index with is checked first
     (``ValueError`` naming the argument); M = 0 returns an empty (0, out_features)
     result without a launch.
     """

@@ -274,8 +274,9 @@ def _w4a16_gemm_kernel(
 # (`bench_kernels.py --sweep-gemv`, benchmarks/results/tune_gemv_h200.json): folding the zero-point took the
 # five shapes' summed time from 198 µs (the best without it) to 151 µs
 GEMV = {"block_n": 256, "block_k": 64, "target_programs": 2112, "num_warps": 4, "x_split": True, "fold_zero": True}
-# GEMM, chosen on an H100 with `benchmarks/bench_kernels.py --tune`, by M (the first bucket whose max_m holds M); BLOCK_M: the smallest power of two ≥ 16 that holds M,
-# at most max_block_m. Chosen by `bench_kernels.py --tune` (benchmarks/results/tune_h100.log).
+# (fold_zero implies x_split's one-load activations.) GEMM by M (the first bucket whose max_m holds M);
+# BLOCK_M: the smallest power of two ≥ 16 that holds M, at most max_block_m. Chosen on an H100 by
+# `bench_kernels.py --tune` (benchmarks/results/tune_h100.log).
 GEMM = [
     {"max_m": 16, "block_n": 64, "block_k": 128, "target_programs": 528, "num_warps": 4, "num_stages": 3,
      "max_block_m": 16},
@@ -353,7 +354,7 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
             x, qweight, qzeros, scales, g_idx, out, ws, cnt, M, N, K, k_per, split, one,
             x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
             BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_SIZE=GROUP_SIZE, X_SPLIT=gemv["x_split"],
-            FOLD_ZERO=gemv["fold_zero"], ASM=x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1",
+            FOLD_ZERO=gemv["fold_zero"], ASM=_ptx(x),
             num_warps=gemv["num_warps"],
         )
         return split_k_result(out, ws, one)
@@ -368,6 +369,11 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
         num_warps=gemm["num_warps"], num_stages=gemm["num_stages"],
     )
     return split_k_result(out, ws, one)
+
+
+def _ptx(x: torch.Tensor) -> bool:
+    """True where inline PTX can run: a compiled launch on an NVIDIA GPU (not the interpreter, not ROCm)."""
+    return x.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 def _capturing(x: torch.Tensor) -> bool:
