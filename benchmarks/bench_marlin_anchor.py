@@ -13,9 +13,14 @@ Marlin, each under a CUDA graph (``bench_kernels.time_us``), with the fraction o
 kernel: each is larger than the H200's 50 MB L2, so repeated calls read it from memory. Marlin's output is
 compared with x @ its dequantized weight.
 
-Not recorded yet. On the H200 of 2026-12-03 (CUDA 13.0 nvcc, torch 2.11.0+cu130) Marlin 2f6d7c1 built in
-43 s (for sm_90, and again as sm_80 + PTX), but its first call stopped with "CUDA error: an illegal
-instruction was encountered" under both builds; the run ended there, before any timing.
+On the H200 of 2026-12-03 (CUDA 13.0 nvcc, driver 580.159.04, torch 2.11.0+cu130) Marlin 2f6d7c1 built in
+43 s, but its first call stopped with "CUDA error: an illegal instruction was encountered" (built for sm_90,
+and again as sm_80 + PTX; compute-sanitizer reports the same). Without the L2 cache hint on its weight loads
+it runs, and that is the recorded build (results/marlin_anchor_h200.json), made before building with:
+
+    sed -i -e '/createpolicy.fractional/d' \
+        -e 's/cp.async.cg.shared.global.L2::cache_hint \[%0\], \[%1\], %2, p;/cp.async.cg.shared.global [%0], [%1], %2;/' \
+        marlin/marlin_cuda_kernel.cu
 """
 from __future__ import annotations
 
