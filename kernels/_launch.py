@@ -37,10 +37,15 @@ def tile_grid(M: int, N: int, K: int, p: dict, block_k: int) -> tuple[int, int, 
     return BLOCK_M, grid_m * grid_n, (grid_m, grid_n, split), k_per, split
 
 
+def interpreting() -> bool:
+    """True when Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``), as the CPU tests do."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def dot_in_fp32(x: torch.Tensor) -> bool:
     """True in Triton's interpreter for bf16 inputs: its bf16 × bf16 ``tl.dot`` is wrong (triton 3.8), so
     kernels multiply bf16 tiles as fp32 there (bf16 values are exact in fp32)."""
-    return os.environ.get("TRITON_INTERPRET") == "1" and x.dtype == torch.bfloat16
+    return interpreting() and x.dtype == torch.bfloat16
 
 
 def pick(buckets: list[dict], M: int, override: dict | None = None) -> dict:

@@ -36,13 +36,12 @@ File order: PyTorch reference, Triton kernels, launcher.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import check
+from ._launch import check, interpreting
 
 __all__ = ["quantize_kv_ref", "dequantize_k_ref", "dequantize_v_ref", "kv_decode_ref", "kv_decode_attention"]
 
@@ -532,7 +531,7 @@ def kv_decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_res
     # when a tile spans two key groups of 32 (the tune sweep); smaller only when no multiple of 16 key rows fits
     BLOCK_T = block_t or 64
     # ---- splits: cut the tokens that some sequence holds (not the capacity) into homogeneous pieces
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1" or not q.is_cuda
+    interpreted = interpreting() or not q.is_cuda
     # the interpreter's bfloat16 tl.dot returns garbage (seen with triton 3.8 on CPU): there bf16 multiplies in float32
     upcast = interpreted and q.dtype == torch.bfloat16
     if num_splits is None:

@@ -28,13 +28,12 @@ PyTorch path too).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import check, dot_in_fp32, pick, split_k, split_k_buffers, split_k_result, store_tile, tile_grid
+from ._launch import (check, dot_in_fp32, interpreting, pick, split_k, split_k_buffers, split_k_result, store_tile,
+                      tile_grid)
 from .w4a16 import x_by_nibble
 
 __all__ = ["dequantize_nf4_ref", "nf4_ref", "nf4_dequantize", "nf4_matmul", "nf4_matmul_bnb", "check_activations"]
@@ -306,7 +305,7 @@ def _weight_args(packed, absmax, code, out_features, K, blocksize, absmax_code, 
 def _dequantize(words, absmax, code, absmax_code, absmax2, offset, N, K, blocksize, dq_blocksize, double, dtype):
     # Triton's interpreter (3.8) casts float32 to bfloat16 by truncation, the GPU rounds to nearest: there the
     # kernel writes float32 and torch rounds it, the same bits as the compiled kernel's own cast
-    bf16_via_fp32 = dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    bf16_via_fp32 = dtype == torch.bfloat16 and interpreting()
     out = torch.empty(N, K, device=words.device, dtype=torch.float32 if bf16_via_fp32 else dtype)
     n_words = words.numel()
     _nf4_dequant_kernel[(triton.cdiv(n_words, DEQUANT["block"]),)](

@@ -17,13 +17,12 @@ File order: PyTorch reference, Triton kernels, launcher.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import check, dot_in_fp32, pick, split_k, split_k_buffers, split_k_result, store_tile, tile_grid
+from ._launch import (check, dot_in_fp32, interpreting, pick, split_k, split_k_buffers, split_k_result, store_tile,
+                      tile_grid)
 
 __all__ = ["w4a16_ref", "w4a16_matmul", "dequantize_gptq_ref"]
 
@@ -373,7 +372,7 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
 
 def _ptx(x: torch.Tensor) -> bool:
     """True where inline PTX can run: a compiled launch on an NVIDIA GPU (not the interpreter, not ROCm)."""
-    return x.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET") != "1"
+    return x.is_cuda and torch.version.hip is None and not interpreting()
 
 
 def _capturing(x: torch.Tensor) -> bool:
